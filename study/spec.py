@@ -1,0 +1,276 @@
+"""The study spec (design.md §3): YAML → validated, frozen dataclasses.
+
+Imports neither Ray, Optuna nor MLflow, so a bad spec is refused within seconds, before
+anything starts. Trial fields and their defaults live in :mod:`trainables.config`; this module
+adds search, resources and tracking around them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from trainables.config import TrialConfig
+from trainables.schema import ConfigError, parse, require
+
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "databricks")
+MIN_CPU = 1e-4  # Ray's resource granularity: smaller fractions are refused
+SEED_FIELD = "train.seed"
+_TRIAL_SECTIONS = ("data", "model", "train", "fisher", "penalty")
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    """One searched field: ``kind`` ∈ loguniform | uniform | int | choice | grid."""
+
+    kind: Literal["loguniform", "uniform", "int", "choice", "grid"]
+    values: tuple[Any, ...]  # (lo, hi) for ranges, the options for choice and grid
+
+    @property
+    def is_categorical(self) -> bool:
+        return self.kind in ("choice", "grid")
+
+    def endpoints(self) -> tuple[Any, ...]:
+        """The values to validate against the trial field: bounds or every option."""
+        return self.values
+
+    def to_yaml(self) -> dict[str, list[Any]]:
+        return {self.kind: list(self.values)}
+
+    @classmethod
+    def parse(cls, data: Any, path: str) -> Domain:
+        kinds = ("loguniform", "uniform", "int", "choice", "grid")
+        if not isinstance(data, Mapping) or len(data) != 1 or next(iter(data)) not in kinds:
+            raise ConfigError(f"{path}: expected one of {{{': [...]}, {'.join(kinds)}: [...]}}, got {data!r}")
+        kind, values = next(iter(data.items()))
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}.{kind}: expected a non-empty list, got {values!r}")
+        if kind in ("choice", "grid"):
+            return cls(kind, tuple(values))
+        if len(values) != 2:
+            raise ConfigError(f"{path}.{kind}: expected [lo, hi], got {values!r}")
+        lo, hi = values
+        numeric = int if kind == "int" else (int, float)
+        if not all(isinstance(v, numeric) and not isinstance(v, bool) for v in (lo, hi)):
+            what = "integers" if kind == "int" else "numbers"
+            raise ConfigError(f"{path}.{kind}: lo and hi must be {what}, got {values!r}")
+        require(lo < hi, f"{path}.{kind}", "[lo, hi] with lo < hi", values)
+        if kind == "loguniform":
+            require(lo > 0, f"{path}.{kind}", "[lo, hi] with 0 < lo < hi", values)
+        return cls(kind, (lo, hi))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AshaConfig:
+    grace_period: int = 5  # epochs
+    reduction_factor: int = 3
+
+    def __post_init__(self) -> None:
+        path = "search.scheduler.asha"
+        require(self.grace_period >= 1, f"{path}.grace_period", "an integer ≥ 1", self.grace_period)
+        require(self.reduction_factor >= 2, f"{path}.reduction_factor", "an integer ≥ 2", self.reduction_factor)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SearchSpec:
+    space: dict[str, Domain]
+    sampler: Literal["tpe", "random", "qmc", "grid"] = "tpe"
+    seed: int = 0
+    num_samples: int = 12
+    max_concurrent: int = 2
+    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    mode: Literal["min", "max"] = "max"
+    scheduler: AshaConfig | None = None
+
+    @property
+    def seeds(self) -> tuple[int, ...] | None:
+        """Replica seeds when ``train.seed`` is a grid (each configuration runs once per seed)."""
+        domain = self.space.get(SEED_FIELD)
+        return tuple(domain.values) if domain else None
+
+    @property
+    def searched(self) -> dict[str, Domain]:
+        """The fields the searcher samples (seeds are replicated, never sampled)."""
+        return {k: v for k, v in self.space.items() if k != SEED_FIELD}
+
+    @property
+    def replicas(self) -> int:
+        return len(self.seeds) if self.seeds else 1
+
+    def grid_size(self) -> int:
+        return math.prod(len(d.values) for d in self.searched.values())
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Resources:
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self.cpu >= MIN_CPU, "resources.cpu", f"a number ≥ {MIN_CPU} (Ray's smallest fraction)", self.cpu)
+        require(self.gpu >= 0, "resources.gpu", "≥ 0", self.gpu)
+        require(self.gpu <= 1 or self.gpu.is_integer(), "resources.gpu", "a fraction ≤ 1 or a whole number", self.gpu)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Tracking:
+    uri: str = "sqlite:///mlflow.db"
+
+    def __post_init__(self) -> None:
+        scheme = self.uri.split(":", 1)[0] if ":" in self.uri else ""
+        require(
+            scheme in TRACKING_SCHEMES,
+            "tracking.uri",
+            f"a URI with scheme {'|'.join(TRACKING_SCHEMES)} (MLflow 3 refuses plain paths and file:)",
+            self.uri,
+        )
+
+    def resolved(self, base: Path) -> Tracking:
+        """SQLite paths made absolute against ``base``; the database's folder must exist."""
+        if not self.uri.startswith("sqlite:///"):
+            return self
+        path = Path(self.uri.removeprefix("sqlite:///")).expanduser()
+        path = path if path.is_absolute() else (base / path).resolve()
+        if not path.parent.is_dir():
+            raise ConfigError(f"tracking.uri: the folder {path.parent} of the SQLite store does not exist")
+        return Tracking(uri=f"sqlite:///{path}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StudySpec:
+    name: str
+    trial: TrialConfig
+    search: SearchSpec
+    resources: Resources = field(default_factory=Resources)
+    tracking: Tracking = field(default_factory=Tracking)
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """The resolved spec, every default written out; parses back to an equal spec."""
+        nested: dict[str, Any] = {"name": self.name}
+        for dotted, value in self.trial.flat().items():
+            section, _, rest = dotted.partition(".")
+            node = nested.setdefault(section, {})
+            *parents, leaf = rest.split(".")
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = value
+        s = self.search
+        nested["search"] = {
+            "space": {k: d.to_yaml() for k, d in s.space.items()},
+            "sampler": s.sampler,
+            "seed": s.seed,
+            "num_samples": s.num_samples,
+            "max_concurrent": s.max_concurrent,
+            "metric": s.metric,
+            "mode": s.mode,
+            "scheduler": {"asha": {"grace_period": s.scheduler.grace_period, "reduction_factor": s.scheduler.reduction_factor}}
+            if s.scheduler
+            else "none",
+        }
+        nested["resources"] = {"cpu": self.resources.cpu, "gpu": self.resources.gpu}
+        nested["tracking"] = {"uri": self.tracking.uri}
+        return nested
+
+    def identity(self) -> dict[str, Any]:
+        """What may not change when a study is extended: trial config and search definition."""
+        d = self.to_yaml_dict()
+        return {k: v for k, v in d.items() if k not in ("resources", "tracking")} | {
+            "search": {k: v for k, v in d["search"].items() if k not in ("num_samples", "max_concurrent")}
+        }
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study spec file; every problem is a :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the study spec ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    return parse_spec(data, source=str(path))
+
+
+def parse_spec(data: Any, source: str = "spec") -> StudySpec:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping with at least 'name' and 'search', got {data!r}")
+    allowed = {"name", *_TRIAL_SECTIONS, "search", "resources", "tracking"}
+    unknown = sorted(set(map(str, data)) - allowed)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key; allowed top-level keys are {sorted(allowed)}")
+    name = data.get("name")
+    if name is None:
+        raise ConfigError("name: required (the study name, e.g. digits-quick)")
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(f"name: {name!r} is not allowed; use lower-case letters, digits, '.', '_' and '-', starting with a letter or digit")
+    trial = TrialConfig.from_mapping({k: data.get(k) for k in _TRIAL_SECTIONS})
+    search = _parse_search(data.get("search"), trial)
+    return StudySpec(
+        name=name,
+        trial=trial,
+        search=search,
+        resources=parse(Resources, data.get("resources"), "resources"),
+        tracking=parse(Tracking, data.get("tracking"), "tracking"),
+    )
+
+
+def _parse_search(data: Any, trial: TrialConfig) -> SearchSpec:
+    if not isinstance(data, Mapping):
+        raise ConfigError("search: required, with a non-empty 'space' of dotted trial fields")
+    raw_space = data.get("space")
+    if not isinstance(raw_space, Mapping) or not raw_space:
+        raise ConfigError("search.space: required and non-empty, e.g. {train.lr: {loguniform: [1.0e-3, 1.0e-1]}}")
+    space = {}
+    for dotted, raw in raw_space.items():
+        path = f"search.space.{dotted}"
+        domain = Domain.parse(raw, path)
+        for value in domain.endpoints():
+            try:
+                trial.with_value(str(dotted), value)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+        space[str(dotted)] = domain
+    scheduler = _parse_scheduler(data.get("scheduler", "none"))
+    search = parse(SearchSpec, {**data, "space": space, "scheduler": None}, "search")
+    search = dataclasses.replace(search, scheduler=scheduler)
+    _check_search(search)
+    return search
+
+
+def _parse_scheduler(data: Any) -> AshaConfig | None:
+    if data in (None, "none"):
+        return None
+    if isinstance(data, Mapping) and set(data) == {"asha"}:
+        return parse(AshaConfig, data["asha"], "search.scheduler.asha")
+    raise ConfigError(f"search.scheduler: must be none or {{asha: {{grace_period: 5, reduction_factor: 3}}}}, got {data!r}")
+
+
+def _check_search(s: SearchSpec) -> None:
+    require(s.num_samples >= 1, "search.num_samples", "an integer ≥ 1", s.num_samples)
+    require(s.max_concurrent >= 1, "search.max_concurrent", "an integer ≥ 1", s.max_concurrent)
+    if SEED_FIELD in s.space:
+        seed_domain = s.space[SEED_FIELD]
+        require(seed_domain.kind == "grid", f"search.space.{SEED_FIELD}", "a {grid: [...]} of replica seeds (seeds are never sampled)", seed_domain.to_yaml())
+        require(s.num_samples % s.replicas == 0, "search.num_samples", f"a multiple of the {s.replicas} seeds in search.space.{SEED_FIELD}", s.num_samples)
+        require(s.scheduler is None, "search.scheduler", "none when train.seed is replicated", "asha")
+    if not s.searched and not s.seeds:
+        raise ConfigError("search.space: required and non-empty")
+    if s.sampler == "grid":
+        bad = [k for k, d in s.searched.items() if not d.is_categorical]
+        if bad:
+            raise ConfigError(f"search.space.{bad[0]}: sampler grid needs every searched field to be {{grid: [...]}} or {{choice: [...]}}")
+        limit = s.grid_size() * s.replicas
+        require(s.num_samples <= limit, "search.num_samples", f"≤ {limit}, the grid's size × seeds (sampler grid)", s.num_samples)

@@ -1,0 +1,181 @@
+"""The typed config of one trial: data, model, train, fisher, penalty.
+
+Single home of every trial field and its default (design.md §3). The study spec composes this
+with search, resources and tracking; Ray's ``param_space`` carries its flattened, dotted form
+and :meth:`TrialConfig.from_tune` rebuilds it inside the trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from trainables.data import dataset_info
+from trainables.models import build_model, model_entry
+from trainables.schema import ConfigError, flatten, parse, require, unflatten
+
+TRIAL_INDEX_KEY = "__trial_index__"  # set by Ray's Repeater on replicated configurations
+SEEDS_KEY = "fishtune.seeds"  # the replica seeds, carried in param_space when train.seed is a grid
+PENALTY_KINDS = ("none", "fisher", "gp", "gpr", "gpx")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DataConfig:
+    name: str = "digits"
+    val_fraction: float = 0.1
+    label_noise: float = 0.0
+    seed: int = 0
+    cache_dir: str = "~/.cache/fishtune"
+    augment: bool = False
+
+    def __post_init__(self) -> None:
+        dataset_info(self.name)
+        require(0 < self.val_fraction < 1, "data.val_fraction", "in (0, 1)", self.val_fraction)
+        require(0 <= self.label_noise < 1, "data.label_noise", "in [0, 1)", self.label_noise)
+        require(not self.augment, "data.augment", "false (no augmentation for this data set yet)", self.augment)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelConfig:
+    """``name`` picks a registry entry; the other keys are that model's typed options."""
+
+    name: str = "simple_cnn"
+    options: Any = None
+
+    @classmethod
+    def parse(cls, data: Any = None) -> ModelConfig:
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"model: expected a mapping with a name, got {data!r}")
+        name = data.get("name", next(f.default for f in dataclasses.fields(cls) if f.name == "name"))
+        if not isinstance(name, str):
+            raise ConfigError(f"model.name: expected a string, got {name!r}")
+        options = {k: v for k, v in data.items() if k != "name"}
+        return cls(name=name, options=parse(model_entry(name).options, options, "model"))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 0.01
+    optimizer: Literal["sgd"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, "train.epochs", "an integer ≥ 1", self.epochs)
+        require(self.batch_size >= 1, "train.batch_size", "an integer ≥ 1", self.batch_size)
+        require(self.lr > 0, "train.lr", "> 0", self.lr)
+        require(0 <= self.momentum < 1, "train.momentum", "in [0, 1)", self.momentum)
+        require(self.weight_decay >= 0, "train.weight_decay", "≥ 0", self.weight_decay)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ScheduleConfig:
+    """When Tr(F) and the train curves are logged, in optimizer steps (design.md §4)."""
+
+    dense_until_epoch: float = 5.0
+    dense_every: int = 4
+    sparse_every: int = 32
+
+    def __post_init__(self) -> None:
+        path = "fisher.schedule"
+        require(self.dense_until_epoch >= 0, f"{path}.dense_until_epoch", "≥ 0", self.dense_until_epoch)
+        require(self.dense_every >= 1, f"{path}.dense_every", "an integer ≥ 1", self.dense_every)
+        require(self.sparse_every >= 1, f"{path}.sparse_every", "an integer ≥ 1", self.sparse_every)
+
+    def is_logged(self, step: int, steps_per_epoch: int) -> bool:
+        """Whether the train curves and Tr(F) are logged after ``step`` optimizer steps."""
+        if step % steps_per_epoch == 0:
+            return True
+        every = self.dense_every if step / steps_per_epoch < self.dense_until_epoch else self.sparse_every
+        return step % every == 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FisherConfig:
+    samples: int = 128
+    labels: Literal["sampled", "empirical"] = "sampled"
+    epsilon: float | None = None  # None → the data set's default (resolved in TrialConfig)
+    per_layer: bool = False
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    def __post_init__(self) -> None:
+        require(self.samples >= 1, "fisher.samples", "an integer ≥ 1", self.samples)
+        if self.epsilon is not None:
+            require(self.epsilon > 0, "fisher.epsilon", "> 0", self.epsilon)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PenaltyConfig:
+    kind: str = "none"
+    coef: float = 0.0
+    recompute_every: int = 10
+
+    def __post_init__(self) -> None:
+        require(self.kind in PENALTY_KINDS, "penalty.kind", f"one of {list(PENALTY_KINDS)}", self.kind)
+        require(self.coef >= 0, "penalty.coef", "≥ 0", self.coef)
+        require(self.recompute_every >= 1, "penalty.recompute_every", "an integer ≥ 1", self.recompute_every)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrialConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig.parse)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fisher: FisherConfig = field(default_factory=FisherConfig)
+    penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> TrialConfig:
+        """Parse the trial sections of a spec; resolve ε and check model × data."""
+        parts = {name: parse(tp, data.get(name), name) for name, tp in _SECTIONS.items()}
+        cfg = cls(model=ModelConfig.parse(data.get("model")), **parts)
+        if cfg.fisher.epsilon is None:
+            eps = dataset_info(cfg.data.name).default_epsilon
+            cfg = dataclasses.replace(cfg, fisher=dataclasses.replace(cfg.fisher, epsilon=eps))
+        cfg.check_model_fits_data()
+        return cfg
+
+    @classmethod
+    def from_tune(cls, config: Mapping[str, Any]) -> TrialConfig:
+        """Rebuild from Ray's flat config; a Repeater replica index picks its seed."""
+        flat = {k: v for k, v in config.items() if k not in (TRIAL_INDEX_KEY, SEEDS_KEY)}
+        if SEEDS_KEY in config:
+            flat["train.seed"] = list(config[SEEDS_KEY])[int(config.get(TRIAL_INDEX_KEY, 0))]
+        return cls.from_mapping(unflatten(flat))
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted names → values, e.g. ``{"train.lr": 0.01, "model.padding": "same"}``."""
+        prefix = "model.options."
+        return {k.replace(prefix, "model.", 1) if k.startswith(prefix) else k: v for k, v in flatten(self).items()}
+
+    def with_value(self, dotted: str, value: Any) -> TrialConfig:
+        """A copy with one dotted field replaced, validated like the rest of the file."""
+        flat = self.flat()
+        if dotted not in flat:
+            raise ConfigError(f"search.space: {dotted!r} is not a trial field; known fields: {sorted(flat)}")
+        flat[dotted] = value
+        return TrialConfig.from_mapping(unflatten(flat))
+
+    def check_model_fits_data(self) -> None:
+        info = dataset_info(self.data.name)
+        build_model(self.model.name, self.model.options, info.input_shape, info.num_classes)
+
+    @property
+    def epsilon(self) -> float:
+        assert self.fisher.epsilon is not None  # resolved in from_mapping
+        return self.fisher.epsilon
+
+
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "train": TrainConfig,
+    "fisher": FisherConfig,
+    "penalty": PenaltyConfig,
+}

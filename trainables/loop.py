@@ -1,0 +1,262 @@
+"""The training loop of one trial, as a generator of per-epoch reports (no Ray here).
+
+``train(cfg, device, state)`` yields one :class:`EpochReport` after each epoch's evaluation:
+the epoch's metrics, the step-level curves logged since the previous report, and the state
+to checkpoint. Passing a report's ``state`` back resumes exactly after that epoch: no step at
+or before it is logged again.
+
+Divergence (design.md §4): a non-finite loss or parameter stops the trial at once
+(``nonfinite``); a train accuracy ≤ 1.5/C at the end of an epoch after epoch 3 is a network
+that collapsed without NaN (``collapse``). The last report of a diverged trial carries the last
+finite objective.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables import data as datasets
+from trainables.config import TrialConfig
+from trainables.early import Curve, early_fisher_trace, fisher_peak
+from trainables.fisher import fisher_trace
+from trainables.models import build_model
+from trainables.penalties import make_penalty
+
+Outcome = Literal["running", "completed", "diverged"]
+COLLAPSE_AFTER_EPOCH = 3
+
+
+@dataclass(slots=True)
+class EpochReport:
+    epoch: int  # epochs completed
+    step: int  # optimizer steps taken
+    metrics: dict[str, float]
+    curves: dict[str, Curve]  # step-level points logged since the previous report
+    outcome: Outcome
+    diverged_reason: str | None = None
+    summary: dict[str, float] = field(default_factory=dict)  # only on the last report
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+def seeded_generator(*key: int) -> torch.Generator:
+    """A CPU generator whose seed is derived from integers (e.g. train.seed, step)."""
+    seed = int(np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(seed)
+
+
+class _Window:
+    """Train statistics accumulated since the previous logged step."""
+
+    def __init__(self) -> None:
+        self.loss = self.penalty = 0.0
+        self.batches = self.correct = self.examples = 0
+
+    def add(self, loss: float, penalty: float, correct: int, examples: int) -> None:
+        self.loss += loss
+        self.penalty += penalty
+        self.batches += 1
+        self.correct += correct
+        self.examples += examples
+
+    def means(self) -> dict[str, float]:
+        return {
+            "train_loss": self.loss / self.batches,
+            "penalty_loss": self.penalty / self.batches,
+            "train_accuracy": self.correct / self.examples,
+        }
+
+
+def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None = None) -> Iterator[EpochReport]:
+    torch.manual_seed(cfg.train.seed)
+    splits = datasets.load(
+        cfg.data.name,
+        val_fraction=cfg.data.val_fraction,
+        label_noise=cfg.data.label_noise,
+        seed=cfg.data.seed,
+        cache_dir=cfg.data.cache_dir,
+        device=device,
+    )
+    info = datasets.dataset_info(cfg.data.name)
+    model = build_model(cfg.model.name, cfg.model.options, info.input_shape, info.num_classes).to(device)
+    penalty = make_penalty(cfg.penalty.kind, cfg.penalty.coef, cfg.penalty.recompute_every).to(device)
+    optimizer = torch.optim.SGD(
+        [*model.parameters(), *penalty.parameters()],
+        lr=cfg.train.lr,
+        momentum=cfg.train.momentum,
+        weight_decay=cfg.train.weight_decay,
+    )
+    n_train = len(splits.train_y)
+    steps_per_epoch = math.ceil(n_train / cfg.train.batch_size)
+    probe = torch.randperm(n_train, generator=seeded_generator(cfg.data.seed))[: cfg.fisher.samples]
+    probe_x, probe_y = splits.train_x[probe], splits.train_y[probe]
+
+    def measure(step: int) -> dict[str, float]:
+        est = fisher_trace(model, probe_x, generator=seeded_generator(cfg.train.seed, step), per_layer=cfg.fisher.per_layer)
+        out = {"fisher_trace": est.mean, "fisher_trace_stderr": est.stderr}
+        out.update({f"fisher_trace.layer.{path}": v for path, v in est.per_layer.items()})
+        if cfg.fisher.labels == "empirical":
+            out["fisher_trace_empirical"] = fisher_trace(model, probe_x, probe_y).mean
+        return out
+
+    step, start_epoch = 0, 0
+    history: dict[str, Curve] = {"train_loss": [], "fisher_trace": [], "epoch": []}
+    best_test, last_objective = -math.inf, None
+    curves: dict[str, Curve] = {}
+
+    def log(point_step: int, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            curves.setdefault(name, []).append((point_step, float(value)))
+            if name in history:
+                history[name].append((point_step, float(value)))
+
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        penalty.load_state_dict(state["penalty"])
+        torch.set_rng_state(state["torch_rng"])
+        step, start_epoch, best_test = state["step"], state["epoch"], state["best_test"]
+        history, last_objective = state["history"], state["last_objective"]
+    else:
+        log(0, {"epoch": 0.0, **measure(0)})
+        last_objective = evaluate(model, splits.val_x, splits.val_y)
+
+    window = _Window()
+    for epoch in range(start_epoch, cfg.train.epochs):
+        model.train()
+        order = torch.randperm(n_train, generator=seeded_generator(cfg.train.seed, epoch, 1)).to(device)
+        reason: str | None = None
+        for batch in order.split(cfg.train.batch_size):
+            x, y = splits.train_x[batch], splits.train_y[batch]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            pen = penalty(model, x, y, logits, seeded_generator(cfg.train.seed, step, 2))
+            optimizer.zero_grad(set_to_none=True)
+            (loss + pen).backward()
+            optimizer.step()
+            step += 1
+            if not (math.isfinite(loss.item()) and math.isfinite(pen.item())):
+                reason = "nonfinite"
+                break
+            window.add(loss.item(), pen.item(), int((logits.argmax(1) == y).sum()), len(y))
+            if cfg.fisher.schedule.is_logged(step, steps_per_epoch):
+                if not _finite_parameters(model):
+                    reason = "nonfinite"
+                    break
+                point = {"epoch": step / steps_per_epoch, **window.means(), **measure(step)}
+                if penalty.batch_trace is not None:
+                    point["fisher_trace_batch"] = penalty.batch_trace
+                log(step, point)
+                window = _Window()
+
+        if reason is None:
+            epoch_metrics = _epoch_metrics(model, splits)
+            best_test = max(best_test, epoch_metrics["test_accuracy"])
+            train_acc = curves["train_accuracy"][-1][1]
+            if epoch + 1 > COLLAPSE_AFTER_EPOCH and train_acc <= 1.5 / info.num_classes:
+                reason = "collapse"
+        else:
+            epoch_metrics = {}
+        if reason is not None:
+            yield _diverged_report(epoch, step, reason, last_objective, curves, history, best_test, cfg)
+            return
+        last_objective = epoch_metrics
+        done = epoch + 1 == cfg.train.epochs
+        report = EpochReport(
+            epoch=epoch + 1,
+            step=step,
+            metrics=epoch_metrics,
+            curves=curves,
+            outcome="completed" if done else "running",
+            summary=_summary(history, epoch_metrics, best_test, cfg) if done else {},
+            state={
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "penalty": penalty.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "step": step,
+                "epoch": epoch + 1,
+                "best_test": best_test,
+                "history": history,
+                "last_objective": last_objective,
+            },
+        )
+        curves = {}
+        yield report
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``model`` (eval mode) on a whole split."""
+    was_training = model.training
+    model.eval()
+    loss, correct = 0.0, 0
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+        logits = model(xb)
+        loss += F.cross_entropy(logits, yb, reduction="sum").item()
+        correct += int((logits.argmax(1) == yb).sum())
+    model.train(was_training)
+    return {"loss": loss / len(y), "accuracy": correct / len(y)}
+
+
+def _epoch_metrics(model: nn.Module, splits: datasets.Splits) -> dict[str, float]:
+    val = evaluate(model, splits.val_x, splits.val_y)
+    test = evaluate(model, splits.test_x, splits.test_y)
+    return {
+        "val_loss": val["loss"],
+        "val_accuracy": val["accuracy"],
+        "test_loss": test["loss"],
+        "test_accuracy": test["accuracy"],
+    }
+
+
+def _finite_parameters(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _summary(history: dict[str, Curve], last: dict[str, float], best_test: float, cfg: TrialConfig) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if "test_accuracy" in last:
+        out["final_test_accuracy"] = last["test_accuracy"]
+        out["final_val_accuracy"] = last["val_accuracy"]
+    if math.isfinite(best_test):
+        out["best_test_accuracy"] = best_test
+    early = early_fisher_trace(history["train_loss"], history["fisher_trace"], cfg.epsilon)
+    if early is not None:
+        out["early_fisher_trace"] = early[0]
+    peak = fisher_peak(history["fisher_trace"], history["epoch"])
+    if peak is not None:
+        out["fisher_peak"], out["fisher_peak_step"] = peak[0], float(peak[1])
+    return out
+
+
+def _diverged_report(
+    epoch: int,
+    step: int,
+    reason: str,
+    last_objective: dict[str, float] | None,
+    curves: dict[str, Curve],
+    history: dict[str, Curve],
+    best_test: float,
+    cfg: TrialConfig,
+) -> EpochReport:
+    """The final report of a diverged trial: the last finite objective, no checkpoint."""
+    last = dict(last_objective or {})
+    if "loss" in last:  # the evaluation before the first epoch
+        last = {"val_loss": last["loss"], "val_accuracy": last["accuracy"]}
+    return EpochReport(
+        epoch=epoch,
+        step=step,
+        metrics=last,
+        curves=curves,
+        outcome="diverged",
+        diverged_reason=reason,
+        summary=_summary(history, {}, best_test, cfg),
+    )

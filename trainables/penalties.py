@@ -1,0 +1,153 @@
+"""Gradient-norm penalties: the Fisher penalty (paper Eq. 3) and its baselines (paper §4).
+
+``make_penalty(kind, coef, recompute_every)`` returns an ``nn.Module`` called as
+``penalty(model, inputs, labels, logits, generator)`` inside the training step:
+
+- ``fisher``: coef·‖(1/B) Σ_i ∇θ CE(f(x_i), ŷ_i)‖², ŷ_i ∼ softmax(logits) (Tr(F_B));
+- ``gp``: the same with the true labels; ``gpr``: with uniformly random labels;
+- ``gpx``: coef·(1/B) Σ_i ‖∇_{x_i} CE(f(x_i), y_i)‖² (input-gradient norm, true labels);
+- ``none``: 0.
+
+Gradients go through double backprop over all parameters with ``requires_grad``, in the
+model's current mode; sampled and random labels come from the given CPU generator only.
+
+**Recompute every k steps** (paper App. C): on every k-th call (the first included) the penalty
+P and its parameter gradient ∇θP are computed afresh and cached. Every call returns a
+surrogate whose value is the cached P and whose gradient with respect to the parameters is the
+cached ∇θP, so on the k − 1 calls in between the optimizer receives exactly the most recently
+computed penalty gradient, evaluated at the parameters of its computation, and nothing is
+recomputed. With ``recompute_every=1`` the call returns P itself (differentiable).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.schema import ConfigError
+
+
+def _params(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class Penalty(nn.Module, abc.ABC):
+    """Base: subclasses define :meth:`compute`; this class handles coef and caching."""
+
+    def __init__(self, coef: float, recompute_every: int = 1) -> None:
+        super().__init__()
+        self.coef = coef
+        self.recompute_every = recompute_every
+        self.calls = 0
+        self.value = 0.0  # last computed penalty (with coef)
+        self.batch_trace: float | None = None  # ‖ḡ‖² when the Fisher penalty computed it
+        self._grads: list[torch.Tensor] = []
+
+    @abc.abstractmethod
+    def compute(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        logits: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """The penalty without its coefficient, differentiable with respect to the parameters."""
+
+    def forward(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        logits: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        params = _params(model)
+        recompute = self.calls % self.recompute_every == 0
+        self.calls += 1
+        if recompute:
+            self.batch_trace = None
+            penalty = self.coef * self.compute(model, inputs, labels, logits, generator)
+            self.value = penalty.item()
+            if self.recompute_every == 1:
+                return penalty
+            grads = torch.autograd.grad(penalty, params, retain_graph=True, allow_unused=True)
+            self._grads = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+        linear = sum((p * g).sum() for p, g in zip(params, self._grads))
+        constant = sum((p.detach() * g).sum() for p, g in zip(params, self._grads))
+        return linear - constant + self.value  # value = cached P, gradient = cached ∇θP
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"calls": self.calls, "value": self.value, "grads": self._grads}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.calls, self.value, self._grads = state["calls"], state["value"], state["grads"]
+
+
+class NoPenalty(Penalty):
+    def compute(self, model, inputs, labels, logits, generator):  # type: ignore[no-untyped-def]
+        return torch.zeros((), device=logits.device)
+
+    def forward(self, model: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.zeros((), device=next(model.parameters()).device)
+
+
+def _sq_norm_of_mean_grad(model: nn.Module, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """‖∇θ (1/B) Σ_i CE(logits_i, targets_i)‖², differentiable (create_graph)."""
+    grads = torch.autograd.grad(F.cross_entropy(logits, targets), _params(model), create_graph=True)
+    return sum(g.pow(2).sum() for g in grads)  # type: ignore[return-value]
+
+
+class FisherPenalty(Penalty):
+    """coef·Tr(F_B) with labels sampled from the model (treated as constants)."""
+
+    def compute(self, model, inputs, labels, logits, generator):  # type: ignore[no-untyped-def]
+        probs = logits.detach().double().softmax(1).cpu()
+        sampled = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
+        trace = _sq_norm_of_mean_grad(model, logits, sampled)
+        self.batch_trace = trace.item()
+        return trace
+
+
+class GradientPenalty(Penalty):
+    """GP: the squared norm of the mini-batch gradient with the true labels."""
+
+    def compute(self, model, inputs, labels, logits, generator):  # type: ignore[no-untyped-def]
+        return _sq_norm_of_mean_grad(model, logits, labels)
+
+
+class RandomLabelGradientPenalty(Penalty):
+    """GPr: the same with labels drawn uniformly over the classes."""
+
+    def compute(self, model, inputs, labels, logits, generator):  # type: ignore[no-untyped-def]
+        random = torch.randint(logits.shape[1], (len(labels),), generator=generator).to(logits.device)
+        return _sq_norm_of_mean_grad(model, logits, random)
+
+
+class InputGradientPenalty(Penalty):
+    """GPx: mean over examples of ‖∇_x CE(f(x), y)‖²; needs its own forward (x requires grad)."""
+
+    def compute(self, model, inputs, labels, logits, generator):  # type: ignore[no-untyped-def]
+        x = inputs.detach().requires_grad_(True)
+        loss = F.cross_entropy(model(x), labels, reduction="sum")  # sum: each x_i gets its own ∇
+        (gx,) = torch.autograd.grad(loss, x, create_graph=True)
+        return gx.pow(2).flatten(1).sum(1).mean()
+
+
+PENALTIES: dict[str, type[Penalty]] = {
+    "none": NoPenalty,
+    "fisher": FisherPenalty,
+    "gp": GradientPenalty,
+    "gpr": RandomLabelGradientPenalty,
+    "gpx": InputGradientPenalty,
+}
+
+
+def make_penalty(kind: str, coef: float, recompute_every: int = 1) -> Penalty:
+    if kind not in PENALTIES:
+        raise ConfigError(f"penalty.kind: unknown penalty {kind!r}; choose one of {sorted(PENALTIES)}")
+    return PENALTIES[kind](coef=coef, recompute_every=recompute_every)
