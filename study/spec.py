@@ -187,8 +187,12 @@ class StudySpec:
         }
 
 
-def load_spec(path: str | Path) -> StudySpec:
-    """Read and validate a study spec file; every problem is a :class:`ConfigError`."""
+def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> StudySpec:
+    """Read and validate a study spec file; every problem is a :class:`ConfigError`.
+
+    ``overrides`` (dotted name → value, e.g. from CLI flags) replace values of the file before
+    validation, so they are checked like the rest.
+    """
     path = Path(path)
     try:
         text = path.read_text()
@@ -201,6 +205,14 @@ def load_spec(path: str | Path) -> StudySpec:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    for dotted, value in (overrides or {}).items():
+        if not isinstance(data, dict):
+            break
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {}) if isinstance(node.get(key, {}), dict) else {}
+        node[leaf] = value
     return parse_spec(data, source=str(path))
 
 

@@ -1,0 +1,162 @@
+"""``fishtune``: run, resume, status and ui (design.md §1).
+
+Exit status: 0 the study finished; 1 a trial failed or the study could not go on; 2 a user
+error (one sentence, no traceback unless ``--debug``, nothing started or written); 130
+interrupted, state saved. Ray, Optuna and MLflow are imported only after the spec is valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from study.spec import NAME_PATTERN, StudySpec, Tracking, load_spec
+from study.store import StudyStore
+from trainables.schema import ConfigError
+
+EXIT_USER, EXIT_INTERRUPTED = 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fishtune", description="Hyperparameter studies of the early-phase Fisher information.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="launch (or extend) a study from a spec file")
+    run.add_argument("spec", help="study spec YAML, e.g. studies/digits-quick.yaml")
+    run.add_argument("--num-samples", type=int, help="total trials (overrides search.num_samples)")
+    run.add_argument("--new-study", metavar="NAME", help="run the spec as a new study under this name")
+    run.add_argument("--results", metavar="URI", help="Tune storage_path (default <storage>/runs/<study>/ray)")
+
+    resume = sub.add_parser("resume", help="continue an interrupted study")
+    resume.add_argument("name")
+
+    status = sub.add_parser("status", help="trials of a study and their outcomes")
+    status.add_argument("name")
+
+    ui = sub.add_parser("ui", help="MLflow UI on the study store")
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: local only)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--name", help="study whose store to open (default: --tracking-uri or ./mlflow.db)")
+
+    for p in (run, resume, status, ui):
+        p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides the spec / stored study)")
+        p.add_argument("--storage", default=".", help="folder holding runs/<study>/ (default: the working directory)")
+    for p in (run, resume):
+        p.add_argument("--address", help="join a Ray cluster: auto or host:port (default: start a local Ray)")
+    return parser
+
+
+def _tracking_uri(args: argparse.Namespace, name: str | None) -> str:
+    """--tracking-uri, else the stored study's, else the default store in the working directory."""
+    if args.tracking_uri:
+        return Tracking(uri=args.tracking_uri).resolved(Path.cwd()).uri
+    if name is not None:
+        return StudyStore(args.storage, name).load_spec().tracking.uri
+    fields = {f.name: f.default for f in dataclasses.fields(Tracking)}
+    return Tracking(uri=fields["uri"]).resolved(Path.cwd()).uri
+
+
+def _check_local_gpu(spec: StudySpec, address: str | None) -> None:
+    if address is None and spec.resources.gpu > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"resources.gpu: {spec.resources.gpu} per trial, but this machine has no CUDA device (use --address to run on a cluster)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {}
+    if args.num_samples is not None:
+        overrides["search.num_samples"] = args.num_samples
+    if args.tracking_uri:
+        overrides["tracking.uri"] = args.tracking_uri
+    if args.new_study:
+        overrides["name"] = args.new_study
+    spec = load_spec(args.spec, overrides)
+    spec = dataclasses.replace(spec, tracking=spec.tracking.resolved(Path.cwd()))
+    if args.address and args.address.startswith("ray://"):
+        raise ConfigError(f"--address {args.address}: ray:// is not supported; submit fishtune as a Ray job (see README, 'Run on a cluster')")
+    _check_local_gpu(spec, args.address)
+    store = StudyStore(args.storage, spec.name)
+    if store.exists() and store.load_spec().identity() != spec.identity():
+        raise ConfigError(
+            f"study {spec.name!r} exists with a different search space or trial config; "
+            f"keep the spec as it was, or start a new study with --new-study NAME"
+        )
+    from study.launcher import start_launch
+
+    return _report(start_launch(spec, store, args.results, args.address))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    store = StudyStore(args.storage, args.name)
+    spec = store.load_spec()
+    if args.tracking_uri:
+        spec = dataclasses.replace(spec, tracking=Tracking(uri=args.tracking_uri).resolved(Path.cwd()))
+    _check_local_gpu(spec, args.address)
+    from study.launcher import resume_launch
+
+    return _report(resume_launch(spec, store, args.address))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    uri = _tracking_uri(args, None if args.tracking_uri else args.name)
+    from mlflow.tracking import MlflowClient
+
+    from study.status import format_table, trials_table
+
+    table = trials_table(MlflowClient(uri), args.name)
+    print(f"study {args.name} ({uri})")
+    print(format_table(table))
+    if not table.empty:
+        print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(table["outcome"].value_counts().items())))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    uri = _tracking_uri(args, args.name)
+    print(f"MLflow UI for {uri} on http://{args.host}:{args.port}", flush=True)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    os.execv(sys.executable, command)
+    return 0  # not reached: execv replaces this process
+
+
+def _report(outcome: Any) -> int:
+    print(outcome.message, file=sys.stderr if outcome.code else sys.stdout, flush=True)
+    return int(outcome.code)
+
+
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "status": cmd_status, "ui": cmd_ui}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_DFL, None):  # SIGTERM stops like Ctrl-C: state saved, exit 130
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        if getattr(args, "name", None) and not NAME_PATTERN.fullmatch(args.name):
+            raise ConfigError(f"study name {args.name!r}: use lower-case letters, digits, '.', '_' and '-'")
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        if args.debug:
+            raise
+        print(f"fishtune: {exc}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        name = getattr(args, "name", None) or "NAME"
+        print(f"fishtune: interrupted; continue with: fishtune resume {name}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Launch, extend and resume a study on Ray Tune with Optuna and MLflow.
+
+Each ``fishtune run`` of a study is one *launch*: a Tune experiment ``launch-<n>`` that runs
+the trials still missing to reach ``search.num_samples``, against the study's persistent
+Optuna storage (so the sampler sees every earlier trial). ``fishtune resume`` restores the last
+unfinished launch with ``Tuner.restore``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import ray
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+from study.progress import ProgressPrinter
+from study.searcher import build_searcher
+from study.spec import StudySpec
+from study.store import Launch, StudyStore
+from study.status import print_summary
+from study.tracking import MlflowTracking, experiment_id, parent_run
+from trainables.config import SEEDS_KEY
+from trainables.schema import ConfigError
+from trainables.train import fishtune_trainable
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+WORKER_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+MAX_FAILURES = 2  # retries of a trial from its last checkpoint (lost workers, preemption)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    code: int
+    message: str
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Use Ray if this process already initialised it; else start (or join) and shut it down."""
+    os.environ.update(WORKER_ENV)
+    if ray.is_initialized():
+        yield
+        return
+    if address is not None and address.startswith("ray://"):
+        raise ConfigError(
+            f"--address {address}: ray:// client addresses are not supported; run fishtune on the head node "
+            "or submit it as a job: ray job submit --address http://HEAD:8265 --working-dir . -- fishtune run SPEC.yaml --address auto"
+        )
+    kwargs = dict(runtime_env={"env_vars": WORKER_ENV}, log_to_driver=False, configure_logging=False)
+    if address is None:
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)  # type: ignore[arg-type]
+    else:
+        ray.init(address=address, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def check_resources(spec: StudySpec, address: str | None) -> str:
+    """Refuse trials the cluster can never place; return the concurrency arithmetic to print."""
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    res = spec.resources
+    if res.cpu > cpus:
+        raise ConfigError(f"resources.cpu: {res.cpu} per trial, but the cluster has {cpus:g} CPUs")
+    if res.gpu > gpus:
+        raise ConfigError(f"resources.gpu: {res.gpu} per trial, but the cluster has {gpus:g} GPUs")
+    fit = int(cpus // res.cpu)
+    if res.gpu:
+        fit = min(fit, int(gpus // res.gpu))
+    nodes = len([n for n in ray.nodes() if n.get("Alive")])
+    concurrency = min(fit, spec.search.max_concurrent)
+    return (
+        f"cluster: {nodes} node(s), {cpus:g} CPU, {gpus:g} GPU; each trial takes {res.cpu:g} CPU, {res.gpu:g} GPU "
+        f"→ {fit} fit at once, max_concurrent {spec.search.max_concurrent} → {concurrency} trial(s) at a time"
+    )
+
+
+def versions() -> dict[str, str]:
+    out = {name: metadata.version(name) for name in ("torch", "ray", "optuna", "mlflow")}
+    out["git_commit"] = _git_commit()
+    return out
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def open_parent_run(spec: StudySpec) -> tuple[MlflowClient, str, str]:
+    """Connect to the tracking store (a user error if unreachable) and get the parent run."""
+    client = MlflowClient(spec.tracking.uri)
+    try:
+        exp = experiment_id(client, spec)
+        run_id = parent_run(client, spec, versions())
+    except Exception as exc:  # any failure to open the store is the user's URI or server
+        raise ConfigError(f"tracking.uri: cannot open the MLflow store {spec.tracking.uri} ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    return client, exp, run_id
+
+
+def param_space(spec: StudySpec) -> dict[str, object]:
+    space: dict[str, object] = dict(spec.trial.flat())
+    if spec.search.seeds:
+        space[SEEDS_KEY] = list(spec.search.seeds)
+    return space
+
+
+def trainable(spec: StudySpec) -> object:
+    return tune.with_resources(fishtune_trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def start_launch(spec: StudySpec, store: StudyStore, results: str | None, address: str | None) -> Outcome:
+    launches = store.launches()
+    if launches and not launches[-1].finished:
+        raise ConfigError(f"study {spec.name!r} has an unfinished launch; finish it with `fishtune resume {spec.name}` first")
+    done = launches[-1].total_samples if launches else 0
+    todo = spec.search.num_samples - done
+    if todo <= 0:
+        return Outcome(EXIT_OK, f"study {spec.name!r} already has {done} trials; raise --num-samples to extend it")
+    with ray_session(address):
+        arithmetic = check_resources(spec, address)
+        client, exp, parent = open_parent_run(spec)
+        store.save_spec(spec)
+        index = len(launches) + 1
+        launch = Launch(index, f"launch-{index}", results or store.default_results, spec.search.num_samples, todo)
+        store.save_launches([*launches, launch])
+        client.set_tag(parent, f"fishtune.launch.{index}", f"num_samples={todo} total={spec.search.num_samples} max_concurrent={spec.search.max_concurrent} commit={_git_commit()}")
+        print(arithmetic, flush=True)
+        print(f"study {spec.name}: running {todo} trial(s) (total {spec.search.num_samples}); MLflow: {spec.tracking.uri}", flush=True)
+        tuner = tune.Tuner(
+            trainable(spec),
+            param_space=param_space(spec),
+            tune_config=tune.TuneConfig(
+                search_alg=build_searcher(spec.search, spec.name, store.optuna_url),
+                scheduler=_scheduler(spec),
+                num_samples=todo,
+                max_concurrent_trials=spec.search.max_concurrent,
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(
+                name=launch.experiment,
+                storage_path=launch.results,
+                failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                verbose=0,
+                callbacks=[
+                    MlflowTracking(spec.tracking.uri, exp, parent),
+                    ProgressPrinter(list(spec.search.space), spec.search.num_samples, already_done=done),
+                ],
+            ),
+        )
+        return _finish(spec, store, client, parent, tuner)
+
+
+def resume_launch(spec: StudySpec, store: StudyStore, address: str | None) -> Outcome:
+    launches = store.launches()
+    if not launches or launches[-1].finished:
+        return Outcome(EXIT_OK, f"study {spec.name!r} has nothing to resume; extend it with `fishtune run SPEC --num-samples N`")
+    launch = launches[-1]
+    path = f"{launch.results.rstrip('/')}/{launch.experiment}"
+    with ray_session(address):
+        print(check_resources(spec, address), flush=True)
+        client, _, parent = open_parent_run(spec)
+        if not tune.Tuner.can_restore(path):
+            raise ConfigError(f"study {spec.name!r}: no Tune experiment state at {path} to resume")
+        print(f"study {spec.name}: resuming {launch.experiment} from {path}", flush=True)
+        tuner = tune.Tuner.restore(path, trainable(spec), resume_unfinished=True, param_space=param_space(spec))
+        return _finish(spec, store, client, parent, tuner)
+
+
+def _scheduler(spec: StudySpec) -> ASHAScheduler | None:
+    asha = spec.search.scheduler
+    if asha is None:
+        return None
+    return ASHAScheduler(
+        time_attr="training_iteration",  # one report per epoch: grace_period and max_t are epochs
+        metric=spec.search.metric,
+        mode=spec.search.mode,
+        max_t=spec.trial.train.epochs,
+        grace_period=asha.grace_period,
+        reduction_factor=asha.reduction_factor,
+    )
+
+
+def _finish(spec: StudySpec, store: StudyStore, client: MlflowClient, parent: str, tuner: tune.Tuner) -> Outcome:
+    client.update_run(parent, status=RunStatus.to_string(RunStatus.RUNNING))
+    interrupted = True
+    try:
+        grid = tuner.fit()
+        launches = store.launches()
+        finished = grid.num_terminated + grid.num_errors
+        interrupted = finished < launches[-1].num_samples
+        if not interrupted:
+            launches[-1].finished = True
+            store.save_launches(launches)
+    finally:
+        status = RunStatus.KILLED if interrupted else RunStatus.FINISHED
+        client.set_terminated(parent, status=RunStatus.to_string(status))
+    print_summary(client, spec.name)
+    if interrupted:
+        return Outcome(EXIT_INTERRUPTED, f"study {spec.name} interrupted; state saved. Continue with: fishtune resume {spec.name}")
+    if grid.num_errors:
+        return Outcome(EXIT_FAILED, f"study {spec.name} finished; {grid.num_errors} trial(s) failed (errors above)")
+    return Outcome(EXIT_OK, f"study {spec.name} finished")

@@ -1,0 +1,61 @@
+"""Console progress: one line per finished trial, instead of Ray's tables."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+from study.tracking import error_summary, trial_outcome
+from trainables.config import TrialConfig
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+class ProgressPrinter(Callback):
+    def __init__(self, searched: list[str], total: int, already_done: int = 0, out: TextIO | None = None) -> None:
+        self.searched = searched
+        self.total = total
+        self.done = already_done
+        self.out = out
+        self.outcomes: dict[str, str] = {}
+        self._started: dict[str, float] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "out": None}
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._started.setdefault(trial.trial_id, time.monotonic())
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._line(trial, trial_outcome(trial, errored=False))
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._line(trial, "failed")
+        self._print("    " + error_summary(trial).strip().replace("\n", "\n    "))
+
+    def _line(self, trial: Trial, outcome: str) -> None:
+        self.done += 1
+        self.outcomes[trial.trial_id] = outcome
+        r = trial.last_result
+        flat = TrialConfig.from_tune(trial.config).flat()
+        params = " ".join(f"{k}={format_value(flat[k])}" for k in self.searched)
+        summary = r.get("summary", {})
+        scores = f"val_acc={format_value(r.get('val_accuracy', float('nan')))} test_acc={format_value(r.get('test_accuracy', float('nan')))}"
+        peak = summary.get("fisher_peak")
+        peak_text = f" TrF_peak={format_value(peak)}" if peak is not None else ""
+        elapsed = time.monotonic() - self._started.get(trial.trial_id, time.monotonic())
+        self._print(
+            f"[{self.done}/{self.total}] {trial.trial_id} {outcome:<13} {params}  "
+            f"{scores}{peak_text}  ({r.get('epoch', 0)} epochs, {elapsed:.0f} s)"
+        )
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.out or sys.stdout, flush=True)

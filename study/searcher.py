@@ -1,0 +1,72 @@
+"""Optuna behind Ray Tune: the search space, the sampler and the trial outcomes it is told.
+
+Outcomes (design.md §4): a completed trial is COMPLETE with its last objective; an
+early-stopped (ASHA) or diverged trial is PRUNED, so TPE learns from its intermediate values
+without mistaking a truncated run for a finished one (Ray's OptunaSearch would say COMPLETE);
+a failed trial is FAIL. Replicated seeds wrap the searcher in Ray's ``Repeater``: Optuna sees
+one trial per configuration, valued at the replicas' mean.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from ray.tune.search import Repeater, Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from study.spec import Domain, SearchSpec
+
+OUTCOME_KEY = "fishtune_outcome"
+
+
+def distribution(domain: Domain) -> BaseDistribution:
+    lo_hi = domain.values
+    if domain.kind == "loguniform":
+        return FloatDistribution(float(lo_hi[0]), float(lo_hi[1]), log=True)
+    if domain.kind == "uniform":
+        return FloatDistribution(float(lo_hi[0]), float(lo_hi[1]))
+    if domain.kind == "int":
+        return IntDistribution(int(lo_hi[0]), int(lo_hi[1]))
+    return CategoricalDistribution(list(domain.values))
+
+
+def sampler(search: SearchSpec) -> optuna.samplers.BaseSampler:
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=search.seed)
+    if search.sampler == "qmc":
+        return optuna.samplers.QMCSampler(seed=search.seed, scramble=True)
+    if search.sampler == "grid":
+        grid = {name: list(d.values) for name, d in search.searched.items()}
+        return optuna.samplers.GridSampler(grid, seed=search.seed)
+    return optuna.samplers.TPESampler(seed=search.seed)
+
+
+class FishtuneOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna PRUNED for early-stopped and diverged trials."""
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        outcome = (result or {}).get(OUTCOME_KEY)
+        if error or outcome in (None, "completed") or trial_id in self._completed_trials:
+            super().on_trial_complete(trial_id, result, error)
+            return
+        self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+
+def build_searcher(search: SearchSpec, study_name: str, storage_url: str) -> Searcher:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(storage_url)
+    space = {name: distribution(d) for name, d in search.searched.items()}
+    searcher: Searcher = FishtuneOptunaSearch(
+        space=space,
+        metric=search.metric,
+        mode=search.mode,
+        sampler=sampler(search),
+        study_name=study_name,
+        storage=storage,
+    )
+    if search.seeds:
+        searcher = Repeater(searcher, repeat=len(search.seeds), set_index=True)
+    return searcher

@@ -1,0 +1,62 @@
+"""The study's trials as a table, read from MLflow (``fishtune status`` and the final summary)."""
+
+from __future__ import annotations
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from study.tracking import OUTCOME, ROLE, TRIAL_ID
+from trainables.schema import ConfigError
+
+COLUMNS = {  # MLflow metric → table column
+    "epoch": "epochs",
+    "val_accuracy": "val_acc",
+    "test_accuracy": "test_acc",
+    "fisher_peak": "TrF_peak",
+}
+
+
+def trials_table(client: MlflowClient, study: str) -> pd.DataFrame:
+    """One row per child run: trial id, searched params, outcome, epochs, accuracies, Tr(F) peak."""
+    exp = client.get_experiment_by_name(study)
+    if exp is None:
+        raise ConfigError(f"study {study!r}: no such MLflow experiment in this tracking store")
+    parents = client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE}` = 'study'", max_results=1)
+    searched = parents[0].data.tags.get("fishtune.searched", "").split(",") if parents else []
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE}` = 'trial'", max_results=50_000)
+    rows = []
+    for run in runs:
+        row: dict[str, object] = {"trial": run.data.tags.get(TRIAL_ID, "?")}
+        row.update({name: _number(run.data.params.get(name)) for name in searched if name})
+        row["outcome"] = run.data.tags.get(OUTCOME, "?")
+        row.update({col: run.data.metrics.get(metric) for metric, col in COLUMNS.items()})
+        row["start"] = run.info.start_time
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows).sort_values("start").drop(columns="start").reset_index(drop=True)
+    table["epochs"] = table["epochs"].round().astype("Int64")
+    return table
+
+
+def _number(text: str | None) -> object:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def format_table(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "(no trials yet)"
+    return table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="—")
+
+
+def print_summary(client: MlflowClient, study: str) -> None:
+    table = trials_table(client, study)
+    print(f"\n{format_table(table)}")
+    if not table.empty:
+        counts = table["outcome"].value_counts().to_dict()
+        print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

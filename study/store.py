@@ -1,0 +1,69 @@
+"""The local study folder ``<storage>/runs/<study>/``: resolved spec, Optuna storage, launches.
+
+``spec.yaml`` is the resolved spec (tracking URI absolute) that ``resume``, ``status``,
+``analyze`` and ``ui`` read; ``optuna.db`` is the persistent Optuna storage, so a search
+continues where it stopped; ``launches.json`` records each ``run`` (its Tune experiment, the
+total number of trials asked for, and whether it finished).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from study.spec import StudySpec, parse_spec
+from trainables.schema import ConfigError
+
+
+@dataclass(slots=True)
+class Launch:
+    index: int
+    experiment: str  # Tune experiment name under the results path
+    results: str  # Tune storage_path
+    total_samples: int  # the study's trial count once this launch is done
+    num_samples: int  # trials this launch runs
+    finished: bool = False
+
+
+class StudyStore:
+    def __init__(self, storage: str | Path, name: str) -> None:
+        self.root = Path(storage).expanduser().resolve() / "runs" / name
+        self.name = name
+
+    @property
+    def spec_path(self) -> Path:
+        return self.root / "spec.yaml"
+
+    @property
+    def optuna_url(self) -> str:
+        return f"sqlite:///{self.root / 'optuna.db'}"
+
+    @property
+    def default_results(self) -> str:
+        return str(self.root / "ray")
+
+    def exists(self) -> bool:
+        return self.spec_path.is_file()
+
+    def load_spec(self) -> StudySpec:
+        if not self.exists():
+            raise ConfigError(
+                f"study {self.name!r}: no {self.spec_path}; start it with `fishtune run SPEC.yaml` "
+                "or pass --storage DIR where it was run"
+            )
+        return parse_spec(yaml.safe_load(self.spec_path.read_text()), source=str(self.spec_path))
+
+    def save_spec(self, spec: StudySpec) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.spec_path.write_text(yaml.safe_dump(spec.to_yaml_dict(), sort_keys=False))
+
+    def launches(self) -> list[Launch]:
+        path = self.root / "launches.json"
+        return [Launch(**d) for d in json.loads(path.read_text())] if path.is_file() else []
+
+    def save_launches(self, launches: list[Launch]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "launches.json").write_text(json.dumps([asdict(x) for x in launches], indent=1))
