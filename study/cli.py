@@ -24,7 +24,9 @@ EXIT_USER, EXIT_INTERRUPTED = 2, 130
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fishtune", description="Hyperparameter studies of the early-phase Fisher information.")
+    parser = argparse.ArgumentParser(
+        prog="fishtune", description="Hyperparameter studies of the early-phase Fisher information."
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -59,8 +61,7 @@ def _tracking_uri(args: argparse.Namespace, name: str | None) -> str:
         return Tracking(uri=args.tracking_uri).resolved(Path.cwd()).uri
     if name is not None:
         return StudyStore(args.storage, name).load_spec().tracking.uri
-    fields = {f.name: f.default for f in dataclasses.fields(Tracking)}
-    return Tracking(uri=fields["uri"]).resolved(Path.cwd()).uri
+    return Tracking().resolved(Path.cwd()).uri
 
 
 def _check_local_gpu(spec: StudySpec, address: str | None) -> None:
@@ -68,7 +69,9 @@ def _check_local_gpu(spec: StudySpec, address: str | None) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError(f"resources.gpu: {spec.resources.gpu} per trial, but this machine has no CUDA device (use --address to run on a cluster)")
+            raise ConfigError(
+                f"resources.gpu: {spec.resources.gpu} per trial, but this machine has no CUDA device (use --address to run on a cluster)"
+            )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -82,7 +85,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, overrides)
     spec = dataclasses.replace(spec, tracking=spec.tracking.resolved(Path.cwd()))
     if args.address and args.address.startswith("ray://"):
-        raise ConfigError(f"--address {args.address}: ray:// is not supported; submit fishtune as a Ray job (see README, 'Run on a cluster')")
+        raise ConfigError(
+            f"--address {args.address}: ray:// is not supported; submit fishtune as a Ray job (see README, 'Run on a cluster')"
+        )
     _check_local_gpu(spec, args.address)
     store = StudyStore(args.storage, spec.name)
     if store.exists() and store.load_spec().identity() != spec.identity():
@@ -123,7 +128,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     uri = _tracking_uri(args, args.name)
     print(f"MLflow UI for {uri} on http://{args.host}:{args.port}", flush=True)
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
     os.execv(sys.executable, command)
     return 0  # not reached: execv replaces this process
 

@@ -12,10 +12,11 @@ import contextlib
 import logging
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import ray
 from mlflow.entities import RunStatus
@@ -26,8 +27,8 @@ from ray.tune.schedulers import ASHAScheduler
 from study.progress import ProgressPrinter
 from study.searcher import build_searcher
 from study.spec import StudySpec
-from study.store import Launch, StudyStore
 from study.status import print_summary
+from study.store import Launch, StudyStore
 from study.tracking import MlflowTracking, experiment_id, parent_run
 from trainables.config import SEEDS_KEY
 from trainables.schema import ConfigError
@@ -111,7 +112,9 @@ def open_parent_run(spec: StudySpec) -> tuple[MlflowClient, str, str]:
         exp = experiment_id(client, spec)
         run_id = parent_run(client, spec, versions())
     except Exception as exc:  # any failure to open the store is the user's URI or server
-        raise ConfigError(f"tracking.uri: cannot open the MLflow store {spec.tracking.uri} ({type(exc).__name__}: {str(exc)[:200]})") from exc
+        raise ConfigError(
+            f"tracking.uri: cannot open the MLflow store {spec.tracking.uri} ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
     return client, exp, run_id
 
 
@@ -122,14 +125,16 @@ def param_space(spec: StudySpec) -> dict[str, object]:
     return space
 
 
-def trainable(spec: StudySpec) -> object:
+def trainable(spec: StudySpec) -> Callable[..., Any]:
     return tune.with_resources(fishtune_trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
 def start_launch(spec: StudySpec, store: StudyStore, results: str | None, address: str | None) -> Outcome:
     launches = store.launches()
     if launches and not launches[-1].finished:
-        raise ConfigError(f"study {spec.name!r} has an unfinished launch; finish it with `fishtune resume {spec.name}` first")
+        raise ConfigError(
+            f"study {spec.name!r} has an unfinished launch; finish it with `fishtune resume {spec.name}` first"
+        )
     done = launches[-1].total_samples if launches else 0
     todo = spec.search.num_samples - done
     if todo <= 0:
@@ -141,9 +146,16 @@ def start_launch(spec: StudySpec, store: StudyStore, results: str | None, addres
         index = len(launches) + 1
         launch = Launch(index, f"launch-{index}", results or store.default_results, spec.search.num_samples, todo)
         store.save_launches([*launches, launch])
-        client.set_tag(parent, f"fishtune.launch.{index}", f"num_samples={todo} total={spec.search.num_samples} max_concurrent={spec.search.max_concurrent} commit={_git_commit()}")
+        client.set_tag(
+            parent,
+            f"fishtune.launch.{index}",
+            f"num_samples={todo} total={spec.search.num_samples} max_concurrent={spec.search.max_concurrent} commit={_git_commit()}",
+        )
         print(arithmetic, flush=True)
-        print(f"study {spec.name}: running {todo} trial(s) (total {spec.search.num_samples}); MLflow: {spec.tracking.uri}", flush=True)
+        print(
+            f"study {spec.name}: running {todo} trial(s) (total {spec.search.num_samples}); MLflow: {spec.tracking.uri}",
+            flush=True,
+        )
         tuner = tune.Tuner(
             trainable(spec),
             param_space=param_space(spec),
@@ -172,7 +184,9 @@ def start_launch(spec: StudySpec, store: StudyStore, results: str | None, addres
 def resume_launch(spec: StudySpec, store: StudyStore, address: str | None) -> Outcome:
     launches = store.launches()
     if not launches or launches[-1].finished:
-        return Outcome(EXIT_OK, f"study {spec.name!r} has nothing to resume; extend it with `fishtune run SPEC --num-samples N`")
+        return Outcome(
+            EXIT_OK, f"study {spec.name!r} has nothing to resume; extend it with `fishtune run SPEC --num-samples N`"
+        )
     launch = launches[-1]
     path = f"{launch.results.rstrip('/')}/{launch.experiment}"
     with ray_session(address):
@@ -215,7 +229,9 @@ def _finish(spec: StudySpec, store: StudyStore, client: MlflowClient, parent: st
         client.set_terminated(parent, status=RunStatus.to_string(status))
     print_summary(client, spec.name)
     if interrupted:
-        return Outcome(EXIT_INTERRUPTED, f"study {spec.name} interrupted; state saved. Continue with: fishtune resume {spec.name}")
+        return Outcome(
+            EXIT_INTERRUPTED, f"study {spec.name} interrupted; state saved. Continue with: fishtune resume {spec.name}"
+        )
     if grid.num_errors:
         return Outcome(EXIT_FAILED, f"study {spec.name} finished; {grid.num_errors} trial(s) failed (errors above)")
     return Outcome(EXIT_OK, f"study {spec.name} finished")

@@ -51,6 +51,7 @@ class FishtuneOptunaSearch(OptunaSearch):
         if error or outcome in (None, "completed") or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result, error)
             return
+        assert self._ot_study is not None  # set up by set_search_properties
         self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 

@@ -171,7 +171,9 @@ class StudySpec:
             "max_concurrent": s.max_concurrent,
             "metric": s.metric,
             "mode": s.mode,
-            "scheduler": {"asha": {"grace_period": s.scheduler.grace_period, "reduction_factor": s.scheduler.reduction_factor}}
+            "scheduler": {
+                "asha": {"grace_period": s.scheduler.grace_period, "reduction_factor": s.scheduler.reduction_factor}
+            }
             if s.scheduler
             else "none",
         }
@@ -227,7 +229,9 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
     if name is None:
         raise ConfigError("name: required (the study name, e.g. digits-quick)")
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise ConfigError(f"name: {name!r} is not allowed; use lower-case letters, digits, '.', '_' and '-', starting with a letter or digit")
+        raise ConfigError(
+            f"name: {name!r} is not allowed; use lower-case letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )
     trial = TrialConfig.from_mapping({k: data.get(k) for k in _TRIAL_SECTIONS})
     search = _parse_search(data.get("search"), trial)
     return StudySpec(
@@ -246,8 +250,11 @@ def _parse_search(data: Any, trial: TrialConfig) -> SearchSpec:
     if not isinstance(raw_space, Mapping) or not raw_space:
         raise ConfigError("search.space: required and non-empty, e.g. {train.lr: {loguniform: [1.0e-3, 1.0e-1]}}")
     space = {}
+    fields = trial.flat()
     for dotted, raw in raw_space.items():
         path = f"search.space.{dotted}"
+        if dotted not in fields:
+            raise ConfigError(f"{path}: not a trial field; searchable fields are {sorted(fields)}")
         domain = Domain.parse(raw, path)
         for value in domain.endpoints():
             try:
@@ -267,7 +274,9 @@ def _parse_scheduler(data: Any) -> AshaConfig | None:
         return None
     if isinstance(data, Mapping) and set(data) == {"asha"}:
         return parse(AshaConfig, data["asha"], "search.scheduler.asha")
-    raise ConfigError(f"search.scheduler: must be none or {{asha: {{grace_period: 5, reduction_factor: 3}}}}, got {data!r}")
+    raise ConfigError(
+        f"search.scheduler: must be none or {{asha: {{grace_period: 5, reduction_factor: 3}}}}, got {data!r}"
+    )
 
 
 def _check_search(s: SearchSpec) -> None:
@@ -275,14 +284,31 @@ def _check_search(s: SearchSpec) -> None:
     require(s.max_concurrent >= 1, "search.max_concurrent", "an integer ≥ 1", s.max_concurrent)
     if SEED_FIELD in s.space:
         seed_domain = s.space[SEED_FIELD]
-        require(seed_domain.kind == "grid", f"search.space.{SEED_FIELD}", "a {grid: [...]} of replica seeds (seeds are never sampled)", seed_domain.to_yaml())
-        require(s.num_samples % s.replicas == 0, "search.num_samples", f"a multiple of the {s.replicas} seeds in search.space.{SEED_FIELD}", s.num_samples)
+        require(
+            seed_domain.kind == "grid",
+            f"search.space.{SEED_FIELD}",
+            "a {grid: [...]} of replica seeds (seeds are never sampled)",
+            seed_domain.to_yaml(),
+        )
+        require(
+            s.num_samples % s.replicas == 0,
+            "search.num_samples",
+            f"a multiple of the {s.replicas} seeds in search.space.{SEED_FIELD}",
+            s.num_samples,
+        )
         require(s.scheduler is None, "search.scheduler", "none when train.seed is replicated", "asha")
     if not s.searched and not s.seeds:
         raise ConfigError("search.space: required and non-empty")
     if s.sampler == "grid":
         bad = [k for k, d in s.searched.items() if not d.is_categorical]
         if bad:
-            raise ConfigError(f"search.space.{bad[0]}: sampler grid needs every searched field to be {{grid: [...]}} or {{choice: [...]}}")
+            raise ConfigError(
+                f"search.space.{bad[0]}: sampler grid needs every searched field to be {{grid: [...]}} or {{choice: [...]}}"
+            )
         limit = s.grid_size() * s.replicas
-        require(s.num_samples <= limit, "search.num_samples", f"≤ {limit}, the grid's size × seeds (sampler grid)", s.num_samples)
+        require(
+            s.num_samples <= limit,
+            "search.num_samples",
+            f"≤ {limit}, the grid's size × seeds (sampler grid)",
+            s.num_samples,
+        )

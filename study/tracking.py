@@ -58,7 +58,9 @@ def parent_run(client: MlflowClient, spec: StudySpec, versions: dict[str, str]) 
     found = client.search_runs([exp], filter_string=f"tags.`{ROLE}` = 'study'", max_results=1)
     if found:
         return found[0].info.run_id
-    run = client.create_run(exp, run_name=spec.name, tags={ROLE: "study", "fishtune.searched": ",".join(spec.search.space)})
+    run = client.create_run(
+        exp, run_name=spec.name, tags={ROLE: "study", "fishtune.searched": ",".join(spec.search.space)}
+    )
     run_id = run.info.run_id
     flat = _flatten_yaml(spec.to_yaml_dict())
     params = [Param(k, str(v)) for k, v in flat.items()]
@@ -116,7 +118,12 @@ class MlflowTracking(Callback):
             run = self.client.create_run(
                 self.experiment,
                 run_name=str(trial),
-                tags={ROLE: "trial", TRIAL_ID: trial.trial_id, OUTCOME: "running", "mlflow.parentRunId": self.parent_run_id},
+                tags={
+                    ROLE: "trial",
+                    TRIAL_ID: trial.trial_id,
+                    OUTCOME: "running",
+                    "mlflow.parentRunId": self.parent_run_id,
+                },
             )
             run_id = run.info.run_id
             self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in config.flat().items()])
@@ -128,7 +135,9 @@ class MlflowTracking(Callback):
         self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         self.client.set_tag(run_id, OUTCOME, "running")
 
-    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
+    ) -> None:
         now = int(time.time() * 1000)
         metrics = [
             Metric(name, float(value), now, int(step))
@@ -138,7 +147,10 @@ class MlflowTracking(Callback):
         step = int(result["step"])
         metrics += [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result]
         metrics += [Metric(k, float(v), now, step) for k, v in result.get("summary", {}).items()]
-        tags = [RunTag("fishtune.node", str(result.get("node_ip", ""))), RunTag("fishtune.device", str(result.get("fishtune_device", "")))]
+        tags = [
+            RunTag("fishtune.node", str(result.get("node_ip", ""))),
+            RunTag("fishtune.device", str(result.get("fishtune_device", ""))),
+        ]
         if result.get("fishtune_diverged_reason"):
             tags.append(RunTag("fishtune.diverged_reason", result["fishtune_diverged_reason"]))
         self._write(self.run_id(trial), metrics, tags)
@@ -172,7 +184,9 @@ class MlflowTracking(Callback):
                 self.client.log_batch(run_id, metrics=metrics, tags=tags)
             except Exception as exc:  # the store is down: keep everything, retry on the next write
                 if not self._warned:
-                    log.warning("MLflow store %s unreachable (%s); buffering metrics and retrying", self.tracking_uri, exc)
+                    log.warning(
+                        "MLflow store %s unreachable (%s); buffering metrics and retrying", self.tracking_uri, exc
+                    )
                     self._warned = True
                 return len(self._pending)
             self._pending.pop(0)

@@ -134,7 +134,7 @@ class TrialConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> TrialConfig:
         """Parse the trial sections of a spec; resolve ε and check model × data."""
-        parts = {name: parse(tp, data.get(name), name) for name, tp in _SECTIONS.items()}
+        parts: dict[str, Any] = {name: parse(tp, data.get(name), name) for name, tp in _SECTIONS.items()}
         cfg = cls(model=ModelConfig.parse(data.get("model")), **parts)
         if cfg.fisher.epsilon is None:
             eps = dataset_info(cfg.data.name).default_epsilon

@@ -68,9 +68,7 @@ def dataset_info(name: str) -> DatasetInfo:
     except KeyError:
         from trainables.schema import ConfigError
 
-        raise ConfigError(
-            f"data.name: unknown data set {name!r}; choose one of {sorted(DATASETS)}"
-        ) from None
+        raise ConfigError(f"data.name: unknown data set {name!r}; choose one of {sorted(DATASETS)}") from None
 
 
 def load(
@@ -87,10 +85,10 @@ def load(
     raw = info.loader(cache_dir)
     n = len(raw.y)
     order = np.random.default_rng(TEST_SPLIT_SEED).permutation(n)
-    n_test = int(round(raw.test_fraction * n))
+    n_test = round(raw.test_fraction * n)
     test_idx, rest = order[:n_test], order[n_test:]
     rest = rest[np.random.default_rng(seed).permutation(len(rest))]
-    n_val = max(1, int(round(val_fraction * len(rest))))
+    n_val = max(1, round(val_fraction * len(rest)))
     val_idx, train_idx = rest[:n_val], rest[n_val:]
 
     train_y = raw.y[train_idx].copy()
@@ -120,7 +118,7 @@ def _corrupt(labels: np.ndarray, fraction: float, num_classes: int, seed: int) -
     if fraction <= 0:
         return np.zeros(0, dtype=np.int64)
     rng = np.random.default_rng([seed, 1])
-    idx = np.sort(rng.choice(len(labels), size=int(round(fraction * len(labels))), replace=False))
+    idx = np.sort(rng.choice(len(labels), size=round(fraction * len(labels)), replace=False))
     shift = rng.integers(1, num_classes, size=len(idx))
     labels[idx] = (labels[idx] + shift) % num_classes
     return idx.astype(np.int64)

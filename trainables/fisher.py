@@ -84,9 +84,7 @@ def per_example_sq_grad_norms(
     return torch.stack(list(layers.values())).sum(0)
 
 
-def sample_labels(
-    model: nn.Module, inputs: torch.Tensor, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def sample_labels(model: nn.Module, inputs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One label per example from the model's softmax (eval mode), drawn on CPU from ``generator``."""
     with torch.no_grad(), eval_mode(model):
         probs = model(inputs).double().softmax(1).cpu()
@@ -113,9 +111,7 @@ def fisher_trace(
     return TraceEstimate(mean=values.mean().item(), stderr=stderr, n=n, per_layer=shares)
 
 
-def batch_fisher_trace(
-    model: nn.Module, inputs: torch.Tensor, generator: torch.Generator | None = None
-) -> float:
+def batch_fisher_trace(model: nn.Module, inputs: torch.Tensor, generator: torch.Generator | None = None) -> float:
     """Tr(F_B) = ‖(1/B) Σ_i ∇θ CE(f(x_i), ŷ_i)‖², raw (not × B); E[B·Tr(F_B)] = Tr(F)."""
     labels = sample_labels(model, inputs, generator)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -13,6 +13,7 @@ finite objective.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -99,7 +100,9 @@ def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None =
     probe_x, probe_y = splits.train_x[probe], splits.train_y[probe]
 
     def measure(step: int) -> dict[str, float]:
-        est = fisher_trace(model, probe_x, generator=seeded_generator(cfg.train.seed, step), per_layer=cfg.fisher.per_layer)
+        est = fisher_trace(
+            model, probe_x, generator=seeded_generator(cfg.train.seed, step), per_layer=cfg.fisher.per_layer
+        )
         out = {"fisher_trace": est.mean, "fisher_trace_stderr": est.stderr}
         out.update({f"fisher_trace.layer.{path}": v for path, v in est.per_layer.items()})
         if cfg.fisher.labels == "empirical":
@@ -156,14 +159,14 @@ def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None =
                 log(step, point)
                 window = _Window()
 
+        epoch_metrics = _epoch_metrics(model, splits) if reason is None else {}
+        if reason is None and not all(math.isfinite(v) for v in epoch_metrics.values()):
+            reason = "nonfinite"  # e.g. logits so large that the evaluation loss overflows
         if reason is None:
-            epoch_metrics = _epoch_metrics(model, splits)
             best_test = max(best_test, epoch_metrics["test_accuracy"])
             train_acc = curves["train_accuracy"][-1][1]
             if epoch + 1 > COLLAPSE_AFTER_EPOCH and train_acc <= 1.5 / info.num_classes:
                 reason = "collapse"
-        else:
-            epoch_metrics = {}
         if reason is not None:
             yield _diverged_report(epoch, step, reason, last_objective, curves, history, best_test, cfg)
             return
@@ -176,17 +179,19 @@ def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None =
             curves=curves,
             outcome="completed" if done else "running",
             summary=_summary(history, epoch_metrics, best_test, cfg) if done else {},
-            state={
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "penalty": penalty.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "step": step,
-                "epoch": epoch + 1,
-                "best_test": best_test,
-                "history": history,
-                "last_objective": last_objective,
-            },
+            state=copy.deepcopy(  # a snapshot: state_dict() tensors are the live parameters
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "penalty": penalty.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "step": step,
+                    "epoch": epoch + 1,
+                    "best_test": best_test,
+                    "history": history,
+                    "last_objective": last_objective,
+                }
+            ),
         )
         curves = {}
         yield report
@@ -198,7 +203,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     was_training = model.training
     model.eval()
     loss, correct = 0.0, 0
-    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=False):
         logits = model(xb)
         loss += F.cross_entropy(logits, yb, reduction="sum").item()
         correct += int((logits.argmax(1) == yb).sum())

@@ -60,9 +60,7 @@ def simple_cnn(opts: SimpleCNNOptions, input_shape: tuple[int, ...], num_classes
     features = nn.Sequential(*block(channels, w), *block(w, 2 * w), nn.Flatten())
     with torch.no_grad():
         flat = features(torch.zeros(1, channels, height, width)).shape[1]
-    return nn.Sequential(
-        features, nn.Linear(flat, opts.hidden), nn.ReLU(), nn.Linear(opts.hidden, num_classes)
-    )
+    return nn.Sequential(features, nn.Linear(flat, opts.hidden), nn.ReLU(), nn.Linear(opts.hidden, num_classes))
 
 
 def mlp(opts: MLPOptions, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -91,14 +89,10 @@ def model_entry(name: str) -> ModelEntry:
     try:
         return MODELS[name]
     except KeyError:
-        raise ConfigError(
-            f"model.name: unknown model {name!r}; choose one of {sorted(MODELS)}"
-        ) from None
+        raise ConfigError(f"model.name: unknown model {name!r}; choose one of {sorted(MODELS)}") from None
 
 
-def build_model(
-    name: str, options: Any, input_shape: tuple[int, ...], num_classes: int
-) -> nn.Module:
+def build_model(name: str, options: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Build model ``name``; a shape mismatch with the data set is a :class:`ConfigError`."""
     entry = model_entry(name)
     try:
@@ -107,7 +101,5 @@ def build_model(
             model.eval()(torch.zeros(2, *input_shape))
     except RuntimeError as exc:
         hint = " (simple_cnn needs ≥ 16 px unless model.padding is 'same')" if name == "simple_cnn" else ""
-        raise ConfigError(
-            f"model: {name} cannot take inputs of shape {tuple(input_shape)}{hint}: {exc}"
-        ) from None
+        raise ConfigError(f"model: {name} cannot take inputs of shape {tuple(input_shape)}{hint}: {exc}") from None
     return model.train()

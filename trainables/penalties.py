@@ -76,10 +76,13 @@ class Penalty(nn.Module, abc.ABC):
             if self.recompute_every == 1:
                 return penalty
             grads = torch.autograd.grad(penalty, params, retain_graph=True, allow_unused=True)
-            self._grads = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
-        linear = sum((p * g).sum() for p, g in zip(params, self._grads))
-        constant = sum((p.detach() * g).sum() for p, g in zip(params, self._grads))
-        return linear - constant + self.value  # value = cached P, gradient = cached ∇θP
+            self._grads = [
+                torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads, strict=False)
+            ]
+        linear = sum((p * g).sum() for p, g in zip(params, self._grads, strict=False))
+        constant = sum((p.detach() * g).sum() for p, g in zip(params, self._grads, strict=False))
+        surrogate: torch.Tensor = linear - constant + self.value  # type: ignore[assignment]
+        return surrogate  # value = cached P, gradient = cached ∇θP
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"calls": self.calls, "value": self.value, "grads": self._grads}

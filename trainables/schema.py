@@ -30,9 +30,7 @@ def parse(cls: type[T], data: Any, path: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"{_join(path, str(unknown[0]))}: unknown key; allowed keys are {_field_names(cls)}"
-        )
+        raise ConfigError(f"{_join(path, str(unknown[0]))}: unknown key; allowed keys are {_field_names(cls)}")
     hints = get_type_hints(cls)
     values = {name: check(hints[name], data[name], _join(path, name)) for name in data}
     try:

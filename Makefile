@@ -1,0 +1,33 @@
+# Set-up on first use (.venv/), then run. Torch: the CPU build where there is no CUDA
+# (on these machines `pip install torch==2.13.0` takes a file already on disk), the normal
+# build where nvidia-smi finds a GPU.
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fishtune-installed
+
+.PHONY: setup study test lint
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		$(BIN)/python -m pip install -q "torch>=2.13"; \
+	else \
+		$(BIN)/python -m pip install -q torch==2.13.0 || \
+		$(BIN)/python -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+study: $(STAMP)
+	$(BIN)/fishtune run studies/digits-quick.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q

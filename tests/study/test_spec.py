@@ -1,0 +1,145 @@
+"""Study spec validation: the shipped specs parse; every bad spec names its field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from study.spec import load_spec, parse_spec
+from trainables.schema import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD = """
+name: ok
+model: {name: mlp}
+search:
+  space:
+    train.lr: {loguniform: [1.0e-3, 1.0e-1]}
+"""
+
+# (name, YAML, text the error message must contain: the field and what is allowed)
+BAD: list[tuple[str, str, str]] = [
+    ("yaml syntax", "name: x\nsearch: {space: [\n", "line"),
+    ("not a mapping", "- a\n- b\n", "expected a mapping"),
+    ("no name", "search: {space: {train.lr: {uniform: [0.1, 0.2]}}}", "name: required"),
+    ("name with slash", GOOD.replace("name: ok", "name: a/b"), "name:"),
+    ("name with space", GOOD.replace("name: ok", "name: 'a b'"), "name:"),
+    ("name upper case", GOOD.replace("name: ok", "name: Digits"), "name:"),
+    ("unknown top key", GOOD + "extra: 1\n", "extra: unknown key"),
+    ("unknown train key", GOOD + "train: {lrr: 0.1}\n", "train.lrr: unknown key"),
+    ("no search", "name: x\nmodel: {name: mlp}\n", "search: required"),
+    ("empty space", "name: x\nmodel: {name: mlp}\nsearch: {space: {}}\n", "search.space"),
+    ("lr zero", GOOD + "train: {lr: 0}\n", "train.lr: must be > 0"),
+    ("lr negative", GOOD + "train: {lr: -0.1}\n", "train.lr"),
+    ("lr string", GOOD + "train: {lr: fast}\n", "train.lr: expected a number"),
+    ("epochs float", GOOD + "train: {epochs: 2.5}\n", "train.epochs: expected an integer"),
+    ("epochs zero", GOOD + "train: {epochs: 0}\n", "train.epochs"),
+    ("batch zero", GOOD + "train: {batch_size: 0}\n", "train.batch_size"),
+    ("bool as int", GOOD + "train: {epochs: true}\n", "train.epochs"),
+    ("coef negative", GOOD + "penalty: {kind: fisher, coef: -1}\n", "penalty.coef"),
+    ("unknown penalty", GOOD + "penalty: {kind: l2, coef: 1}\n", "penalty.kind"),
+    ("recompute zero", GOOD + "penalty: {kind: fisher, coef: 0.1, recompute_every: 0}\n", "penalty.recompute_every"),
+    ("unknown model", GOOD.replace("name: mlp", "name: resnet9000"), "model.name: unknown model"),
+    ("unknown model option", GOOD.replace("{name: mlp}", "{name: mlp, padding: same}"), "model.padding: unknown key"),
+    ("paper padding on 8 px", GOOD.replace("{name: mlp}", "{name: simple_cnn}"), "16 px"),
+    ("unknown dataset", GOOD + "data: {name: imagenet22k}\n", "data.name: unknown data set"),
+    ("val fraction 1", GOOD + "data: {val_fraction: 1.0}\n", "data.val_fraction"),
+    ("label noise 1", GOOD + "data: {label_noise: 1.0}\n", "data.label_noise"),
+    ("fisher samples 0", GOOD + "fisher: {samples: 0}\n", "fisher.samples"),
+    ("fisher labels", GOOD + "fisher: {labels: true_labels}\n", "fisher.labels"),
+    ("epsilon negative", GOOD + "fisher: {epsilon: -1}\n", "fisher.epsilon"),
+    ("loguniform lo 0", GOOD.replace("[1.0e-3, 1.0e-1]", "[0, 1.0e-1]"), "search.space.train.lr.loguniform"),
+    ("loguniform reversed", GOOD.replace("[1.0e-3, 1.0e-1]", "[0.1, 0.01]"), "lo < hi"),
+    ("domain unknown", GOOD.replace("{loguniform: [1.0e-3, 1.0e-1]}", "{normal: [0, 1]}"), "search.space.train.lr"),
+    ("grid empty", GOOD.replace("{loguniform: [1.0e-3, 1.0e-1]}", "{grid: []}"), "non-empty list"),
+    (
+        "searched value out of range",
+        GOOD.replace("{loguniform: [1.0e-3, 1.0e-1]}", "{uniform: [-1, 1]}"),
+        "search.space.train.lr: train.lr",
+    ),
+    ("searched unknown field", GOOD.replace("train.lr:", "train.learning_rate:"), "not a trial field"),
+    (
+        "int on float bounds",
+        GOOD.replace("train.lr: {loguniform: [1.0e-3, 1.0e-1]}", "train.epochs: {int: [1.5, 3]}"),
+        "integers",
+    ),
+    ("num_samples zero", GOOD + "  num_samples: 0\n", "search.num_samples"),
+    ("max_concurrent zero", GOOD + "  max_concurrent: 0\n", "search.max_concurrent"),
+    ("metric test", GOOD + "  metric: test_accuracy\n", "search.metric"),
+    ("mode", GOOD + "  mode: maximise\n", "search.mode"),
+    ("sampler", GOOD + "  sampler: cmaes\n", "search.sampler"),
+    ("grid sampler on range", GOOD + "  sampler: grid\n", "sampler grid"),
+    ("seed sampled", GOOD + "    train.seed: {int: [0, 3]}\n", "seeds are never sampled"),
+    ("seeds not dividing", GOOD + "    train.seed: {grid: [0, 1, 2]}\n  num_samples: 4\n", "multiple of the 3 seeds"),
+    (
+        "seeds with asha",
+        GOOD + "    train.seed: {grid: [0, 1]}\n  num_samples: 4\n  scheduler: {asha: {grace_period: 1}}\n",
+        "search.scheduler",
+    ),
+    ("scheduler unknown", GOOD + "  scheduler: hyperband\n", "search.scheduler"),
+    ("asha bad key", GOOD + "  scheduler: {asha: {grace: 1}}\n", "search.scheduler.asha.grace: unknown key"),
+    ("cpu zero", GOOD + "resources: {cpu: 0}\n", "resources.cpu"),
+    ("cpu below ray's fraction", GOOD + "resources: {cpu: 0.00001}\n", "resources.cpu"),
+    ("gpu negative", GOOD + "resources: {gpu: -1}\n", "resources.gpu"),
+    ("gpu 1.5", GOOD + "resources: {gpu: 1.5}\n", "resources.gpu"),
+    ("tracking plain path", GOOD + "tracking: {uri: ./mlruns}\n", "tracking.uri"),
+    ("tracking file uri", GOOD + "tracking: {uri: 'file:///tmp/mlruns'}\n", "tracking.uri"),
+    ("augment on digits", GOOD + "data: {augment: true}\n", "data.augment"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "expected"), BAD, ids=[c[0] for c in BAD])
+def test_bad_spec_names_the_field(tmp_path: Path, case: str, text: str, expected: str) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_spec(path)
+    assert expected in str(info.value), str(info.value)
+    assert "\n" not in str(info.value).strip()  # one sentence, one line
+
+
+def test_yaml_error_gives_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: x\nsearch:\n  space: {a: [\n")
+    with pytest.raises(ConfigError, match=r"line \d+, column \d+"):
+        load_spec(path)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_specs_are_valid_and_round_trip(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.name == path.stem
+    assert parse_spec(yaml.safe_load(yaml.safe_dump(spec.to_yaml_dict()))) == spec
+
+
+def test_defaults_follow_the_design(tmp_path: Path) -> None:
+    spec = parse_spec(yaml.safe_load(GOOD))
+    assert spec.trial.penalty.kind == "none" and spec.trial.penalty.coef == 0
+    assert spec.trial.fisher.epsilon == 0.6  # digits' default ε
+    assert spec.search.num_samples == 12 and spec.search.max_concurrent == 2
+    assert spec.search.sampler == "tpe" and spec.search.scheduler is None
+    assert spec.tracking.uri == "sqlite:///mlflow.db"
+    assert spec.resources.cpu == 1 and spec.resources.gpu == 0
+
+
+def test_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(GOOD)
+    assert load_spec(path, {"search.num_samples": 3}).search.num_samples == 3
+    with pytest.raises(ConfigError, match=r"search\.num_samples"):
+        load_spec(path, {"search.num_samples": 0})
+
+
+def test_seed_grid_replicates() -> None:
+    spec = parse_spec(yaml.safe_load(GOOD + "    train.seed: {grid: [0, 1, 2]}\n  num_samples: 6\n"))
+    assert spec.search.seeds == (0, 1, 2) and list(spec.search.searched) == ["train.lr"]
+
+
+def test_sqlite_uri_made_absolute_and_missing_folder_refused(tmp_path: Path) -> None:
+    spec = parse_spec(yaml.safe_load(GOOD))
+    assert spec.tracking.resolved(tmp_path).uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    bad = parse_spec(yaml.safe_load(GOOD + "tracking: {uri: 'sqlite:///no/such/dir/m.db'}\n"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        bad.tracking.resolved(tmp_path)

@@ -1,0 +1,191 @@
+"""Per-example squared gradient norms and Tr(F) against a float64 per-example autograd loop."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.fisher import batch_fisher_trace, fisher_trace, per_example_sq_grad_norms, sample_labels
+
+
+def reference_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """‖∇θ CE(f(x_i), y_i)‖², one example at a time, eval mode."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    was = model.training
+    model.eval()
+    out = []
+    for i in range(len(x)):
+        grads = torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), params)
+        out.append(sum(g.pow(2).sum() for g in grads))
+    model.train(was)
+    return torch.stack(out)
+
+
+class Residual(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn(self.conv(x))
+        out += x  # in-place residual add
+        return self.relu(out)
+
+
+class Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.b = nn.Linear(6, 4)
+        self.c = nn.Linear(6, 6)
+        self.c.weight = self.a.weight  # tied: its per-example gradient is the sum over both uses
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.c(torch.relu(self.a(x.flatten(1))))))
+
+
+class Conv1dNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv1d(2, 4, 3, stride=2, padding=1),
+            nn.BatchNorm1d(4),
+            nn.ReLU(),
+            nn.Conv1d(4, 4, 3, dilation=2, groups=2),
+            nn.AvgPool1d(2),
+            nn.Flatten(),
+        )
+        self.head = nn.LazyLinear(5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def conv2d_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(8, 8, 3, padding="same", dilation=2, groups=4),
+        nn.MaxPool2d(2),
+        Residual(8),
+        nn.Conv2d(8, 6, 1),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(24, 10),
+    )
+
+
+def frozen_net() -> nn.Module:
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+    net[1].weight.requires_grad_(False)
+    return net
+
+
+CASES = {
+    "conv2d_bn_residual_inplace": (conv2d_net, (3, 8, 8), 10),
+    "conv1d_bn_dilated_grouped": (Conv1dNet, (2, 16), 5),
+    "tied": (Tied, (6,), 4),
+    "frozen": (frozen_net, (12,), 3),
+}
+
+
+def build(name: str, n: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    factory, shape, classes = CASES[name]
+    torch.manual_seed(0)
+    model = factory().double()
+    x = torch.randn(n, *shape, dtype=torch.float64)
+    model.train()
+    with torch.no_grad():  # non-trivial BatchNorm running statistics; materialise lazy layers
+        for _ in range(3):
+            model(torch.randn(8, *shape, dtype=torch.float64) * 2 + 1)
+    return model, x, torch.randint(classes, (n,))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("n", [1, 5, 17])
+def test_norms_match_per_example_loop(name: str, n: int) -> None:
+    model, x, y = build(name, n)
+    expected = reference_norms(model, x, y)
+    got = per_example_sq_grad_norms(model, x, y)
+    assert got.shape == (n,)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+
+
+def test_model_mode_parameters_grads_and_buffers_untouched() -> None:
+    model, x, y = build("conv2d_bn_residual_inplace", 6)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    before = copy.deepcopy(model.state_dict())
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.train()
+    per_example_sq_grad_norms(model, x, y, chunk_size=4)
+    assert model.training and all(m.training for m in model.modules())
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    for p, g in zip(model.parameters(), grads, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
+
+
+def test_chunking_does_not_change_values() -> None:
+    model, x, y = build("conv1d_bn_dilated_grouped", 11)
+    torch.testing.assert_close(
+        per_example_sq_grad_norms(model, x, y, chunk_size=3), per_example_sq_grad_norms(model, x, y), rtol=1e-12, atol=0
+    )
+
+
+def test_fisher_trace_mean_stderr_and_per_layer() -> None:
+    model, x, _ = build("conv2d_bn_residual_inplace", 9)
+    est = fisher_trace(model, x, generator=torch.Generator().manual_seed(3), per_layer=True)
+    labels = sample_labels(model, x, torch.Generator().manual_seed(3))
+    values = reference_norms(model, x, labels)
+    assert est.n == 9
+    assert est.mean == pytest.approx(values.mean().item(), rel=1e-6)
+    assert est.stderr == pytest.approx(values.std().item() / 3, rel=1e-6)
+    assert sum(est.per_layer.values()) == pytest.approx(est.mean, rel=1e-9)
+    assert "0" in est.per_layer and "5.conv" in est.per_layer
+
+
+def test_empirical_labels_are_used_as_given() -> None:
+    model, x, y = build("tied", 7)
+    est = fisher_trace(model, x, labels=y)
+    assert est.mean == pytest.approx(reference_norms(model, x, y).mean().item(), rel=1e-6)
+
+
+def test_sampled_estimator_is_unbiased_for_the_exact_trace() -> None:
+    """Mean over many label draws ≈ Σ_y p(y|x)‖∇ℓ(x, y)‖² (classes enumerated), within its stderr."""
+    model, x, _ = build("frozen", 4)
+    with torch.no_grad():
+        probs = model.eval()(x).softmax(1)
+    exact = sum(
+        (probs[:, c] * reference_norms(model, x, torch.full((4,), c))).mean() for c in range(probs.shape[1])
+    ).item()
+    g = torch.Generator().manual_seed(0)
+    draws = torch.tensor([fisher_trace(model, x, generator=g).mean for _ in range(400)])
+    stderr = draws.std().item() / 20
+    assert abs(draws.mean().item() - exact) < 4 * stderr
+
+
+def test_sampled_labels_come_from_the_generator_alone() -> None:
+    model, x, _ = build("tied", 50)
+    torch.manual_seed(1)
+    a = sample_labels(model, x, torch.Generator().manual_seed(7))
+    torch.manual_seed(2)
+    b = sample_labels(model, x, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+def test_batch_trace_is_squared_norm_of_mean_sampled_gradient() -> None:
+    model, x, _ = build("frozen", 6)
+    value = batch_fisher_trace(model, x, torch.Generator().manual_seed(5))
+    labels = sample_labels(model, x, torch.Generator().manual_seed(5))
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(F.cross_entropy(model.eval()(x), labels), params)
+    assert value == pytest.approx(sum(g.pow(2).sum() for g in grads).item(), rel=1e-9)

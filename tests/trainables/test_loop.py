@@ -1,0 +1,85 @@
+"""The training loop: reports, schedule, divergence, exact resume from a checkpoint state."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+
+from trainables.config import TrialConfig
+from trainables.loop import EpochReport, train
+from trainables.schema import unflatten
+
+TINY: dict[str, Any] = {
+    "model": {"name": "mlp", "hidden": 16, "depth": 1},
+    "train": {"epochs": 3, "batch_size": 128, "lr": 0.05},
+    "fisher": {"samples": 16, "schedule": {"dense_until_epoch": 1, "dense_every": 2, "sparse_every": 5}},
+    "penalty": {"kind": "fisher", "coef": 0.01, "recompute_every": 3},
+}
+
+
+def config(**overrides: Any) -> TrialConfig:
+    flat = TrialConfig.from_mapping(TINY).flat() | overrides
+    return TrialConfig.from_mapping(unflatten(flat))
+
+
+def run(cfg: TrialConfig, state: dict[str, Any] | None = None) -> list[EpochReport]:
+    return list(train(cfg, torch.device("cpu"), state))
+
+
+def test_one_report_per_epoch_with_metrics_curves_and_summary() -> None:
+    reports = run(config())
+    assert [r.epoch for r in reports] == [1, 2, 3]
+    assert [r.outcome for r in reports] == ["running", "running", "completed"]
+    steps_per_epoch = reports[0].step
+    assert steps_per_epoch == math.ceil(1293 / 128)
+    for r in reports:
+        assert set(r.metrics) == {"val_loss", "val_accuracy", "test_loss", "test_accuracy"}
+    first = reports[0].curves
+    assert first["fisher_trace"][0][0] == 0  # Tr(F) at step 0
+    assert [s for s, _ in first["train_loss"]] == [2, 4, 6, 8, 10, 11]  # dense every 2, epoch end
+    assert [s for s, _ in reports[1].curves["train_loss"]] == [15, 20, 22]  # sparse every 5, epoch end
+    assert "fisher_trace_batch" in reports[0].curves
+    assert set(reports[-1].summary) >= {"final_test_accuracy", "best_test_accuracy", "fisher_peak", "fisher_peak_step"}
+    assert reports[-1].summary["final_test_accuracy"] == reports[-1].metrics["test_accuracy"]
+
+
+def test_resume_from_a_state_is_exact_and_logs_no_step_twice() -> None:
+    cfg = config()
+    straight = run(cfg)
+    partial = run(config(**{"train.epochs": 3}))[:2]
+    resumed = run(cfg, partial[-1].state)
+    assert [r.epoch for r in resumed] == [3]
+    assert resumed[0].metrics == straight[-1].metrics
+    assert min(s for s, _ in resumed[0].curves["fisher_trace"]) > partial[-1].step
+    assert resumed[0].curves == straight[-1].curves
+    assert resumed[0].summary == straight[-1].summary
+
+
+def test_huge_lr_diverges_nonfinite_with_last_finite_objective() -> None:
+    reports = run(config(**{"train.lr": 1e6, "penalty.kind": "none", "penalty.coef": 0.0}))
+    last = reports[-1]
+    assert last.outcome == "diverged" and last.diverged_reason == "nonfinite"
+    assert math.isfinite(last.metrics["val_accuracy"]) and math.isfinite(last.metrics["val_loss"])
+    assert not last.state  # nothing to checkpoint
+
+
+def test_collapse_without_nan_is_diverged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A network at chance accuracy after epoch 3 is diverged even if every loss is finite."""
+    cfg = config(**{"train.epochs": 5, "train.lr": 1e-9, "penalty.kind": "none", "penalty.coef": 0.0})
+    monkeypatch.setattr("trainables.loop.COLLAPSE_AFTER_EPOCH", 3)
+    reports = run(cfg)
+    train_acc = reports[-1].curves["train_accuracy"][-1][1]
+    if train_acc > 0.15:
+        pytest.fail(f"the untrained tiny MLP should sit near chance, got train accuracy {train_acc}")
+    assert reports[-1].outcome == "diverged" and reports[-1].diverged_reason == "collapse"
+    assert reports[-1].epoch == 3  # detected at the end of epoch 4 (index 3), after epoch 3
+
+
+def test_same_seed_same_run_other_seed_other_run() -> None:
+    a, b = run(config()), run(config())
+    c = run(config(**{"train.seed": 1}))
+    assert a[-1].metrics == b[-1].metrics
+    assert a[-1].curves["fisher_trace"] != c[-1].curves["fisher_trace"]
