@@ -51,6 +51,7 @@ class Outcome:
 def ray_session(address: str | None) -> Iterator[None]:
     """Use Ray if this process already initialised it; else start (or join) and shut it down."""
     os.environ.update(WORKER_ENV)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; ProgressPrinter prints
     if ray.is_initialized():
         yield
         return

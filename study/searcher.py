@@ -52,8 +52,14 @@ class FishtuneOptunaSearch(OptunaSearch):
             super().on_trial_complete(trial_id, result, error)
             return
         assert self._ot_study is not None  # set up by set_search_properties
-        self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
         self._completed_trials.add(trial_id)
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        except RuntimeError as exc:
+            # GridSampler calls study.stop() after its last grid point, which raises outside
+            # optimize(); Optuna has stored the trial's state by then (in a finally block).
+            if "Study.stop" not in str(exc):
+                raise
 
 
 def build_searcher(search: SearchSpec, study_name: str, storage_url: str) -> Searcher:

@@ -27,7 +27,7 @@ from torch import nn
 from trainables import data as datasets
 from trainables.config import TrialConfig
 from trainables.early import Curve, early_fisher_trace, fisher_peak
-from trainables.fisher import fisher_trace
+from trainables.fisher import eval_mode, fisher_trace
 from trainables.models import build_model
 from trainables.penalties import make_penalty
 
@@ -150,7 +150,7 @@ def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None =
                 break
             window.add(loss.item(), pen.item(), int((logits.argmax(1) == y).sum()), len(y))
             if cfg.fisher.schedule.is_logged(step, steps_per_epoch):
-                if not _finite_parameters(model):
+                if not _finite_model(model, probe_x):
                     reason = "nonfinite"
                     break
                 point = {"epoch": step / steps_per_epoch, **window.means(), **measure(step)}
@@ -222,8 +222,12 @@ def _epoch_metrics(model: nn.Module, splits: datasets.Splits) -> dict[str, float
     }
 
 
-def _finite_parameters(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+def _finite_model(model: nn.Module, probe: torch.Tensor) -> bool:
+    """Finite parameters and finite logits on the probe (finite weights can still overflow)."""
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        return False
+    with torch.no_grad(), eval_mode(model):
+        return bool(torch.isfinite(model(probe)).all())
 
 
 def _summary(history: dict[str, Curve], last: dict[str, float], best_test: float, cfg: TrialConfig) -> dict[str, float]:

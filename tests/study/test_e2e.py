@@ -1,0 +1,176 @@
+"""End to end on a real local Ray, a real Optuna storage and a real MLflow SQLite store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from study.cli import main
+from study.store import StudyStore
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny_spec(tmp_path: Path, name: str, **search: Any) -> Path:
+    spec = {
+        "name": name,
+        "model": {"name": "mlp", "hidden": 16, "depth": 1},
+        "train": {"epochs": 2, "batch_size": 128},
+        "fisher": {"samples": 16, "schedule": {"dense_until_epoch": 1, "dense_every": 2, "sparse_every": 5}},
+        "penalty": {"kind": "fisher", "coef": 0.01},
+        "search": {
+            "space": {"train.lr": {"loguniform": [0.01, 0.1]}, "penalty.coef": {"loguniform": [0.001, 0.1]}},
+            "num_samples": 4,
+            "max_concurrent": 2,
+            **search,
+        },
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def children(uri: str, study: str) -> list[Any]:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(study)
+    return client.search_runs([exp.experiment_id], filter_string="tags.`fishtune.role` = 'trial'")
+
+
+def optuna_trials(storage: Path, study: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=StudyStore(storage, study).optuna_url).trials
+
+
+def test_study_runs_end_to_end_and_follows_the_mlflow_contract(
+    ray_session: None, mlflow_uri: str, storage: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tiny_spec(tmp_path, "e2e")
+    assert main(["run", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_uri]) == 0
+    out = capsys.readouterr().out
+    assert "[4/4]" in out and "trial(s) at a time" in out
+
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("e2e")
+    parents = client.search_runs([exp.experiment_id], filter_string="tags.`fishtune.role` = 'study'")
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.data.tags["fishtune.searched"] == "train.lr,penalty.coef"
+    assert parent.data.params["train.epochs"] == "2" and parent.data.params["search.seed"] == "0"
+    assert {"fishtune.version.torch", "fishtune.version.ray", "fishtune.launch.1"} <= set(parent.data.tags)
+    assert parent.info.status == "FINISHED"
+
+    runs = children(mlflow_uri, "e2e")
+    assert len(runs) == 4
+    assert len({r.data.tags["fishtune.trial_id"] for r in runs}) == 4
+    for run in runs:
+        tags = run.data.tags
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["fishtune.outcome"] == "completed" and tags["fishtune.device"] == "cpu"
+        assert run.data.params["train.lr"] and run.data.params["penalty.coef"]
+        for key in ("final_test_accuracy", "final_val_accuracy", "best_test_accuracy", "fisher_peak"):
+            assert key in run.data.metrics
+        for metric in ("fisher_trace", "fisher_trace_stderr", "train_loss", "epoch", "val_accuracy", "test_loss"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
+            assert steps == sorted(set(steps)), metric  # increasing, never repeated
+        fisher_steps = [m.step for m in client.get_metric_history(run.info.run_id, "fisher_trace")]
+        assert fisher_steps[0] == 0
+        epochs = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "epoch")}
+        assert sorted(epochs.values())[-1] == 2.0
+
+    trials = optuna_trials(storage, "e2e")
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 4
+
+    assert main(["status", "e2e", "--storage", str(storage)]) == 0
+    status = capsys.readouterr().out
+    assert all(r.data.tags["fishtune.trial_id"] in status for r in runs)
+    assert "completed 4" in status
+
+    # Extending: a larger num_samples continues the same Optuna study and parent run.
+    assert main(["run", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_uri, "--num-samples", "6"]) == 0
+    assert len(children(mlflow_uri, "e2e")) == 6
+    assert len(optuna_trials(storage, "e2e")) == 6
+    assert len(StudyStore(storage, "e2e").launches()) == 2
+
+    # A changed search space is refused unless it becomes a new study.
+    changed = tiny_spec(tmp_path, "e2e", space={"train.lr": {"loguniform": [0.001, 0.1]}})
+    assert main(["run", str(changed), "--storage", str(storage), "--tracking-uri", mlflow_uri]) == 2
+    assert "different search space" in capsys.readouterr().err
+
+
+def test_diverging_trials_are_recorded_and_pruned(
+    ray_session: None, mlflow_uri: str, storage: Path, tmp_path: Path
+) -> None:
+    spec = tiny_spec(
+        tmp_path,
+        "e2e-diverge",
+        space={"train.lr": {"grid": [1.0e12, 0.05]}},
+        sampler="grid",
+        num_samples=2,
+    )
+    assert main(["run", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_uri]) == 0
+    by_lr = {float(r.data.params["train.lr"]): r for r in children(mlflow_uri, "e2e-diverge")}
+    assert by_lr[1.0e12].data.tags["fishtune.outcome"] == "diverged"
+    assert by_lr[1.0e12].data.tags["fishtune.diverged_reason"] == "nonfinite"
+    assert by_lr[0.05].data.tags["fishtune.outcome"] == "completed"
+    states = {t.params["train.lr"]: t.state for t in optuna_trials(storage, "e2e-diverge")}
+    assert states == {1.0e12: optuna.trial.TrialState.PRUNED, 0.05: optuna.trial.TrialState.COMPLETE}
+
+
+def test_seed_replicas_give_one_optuna_trial_per_configuration(
+    ray_session: None, mlflow_uri: str, storage: Path, tmp_path: Path
+) -> None:
+    space = {"train.lr": {"grid": [0.02, 0.05]}, "train.seed": {"grid": [0, 1]}}
+    spec = tiny_spec(tmp_path, "e2e-seeds", space=space, sampler="grid", num_samples=4)
+    assert main(["run", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_uri]) == 0
+    runs = children(mlflow_uri, "e2e-seeds")
+    pairs = sorted((r.data.params["train.lr"], r.data.params["train.seed"]) for r in runs)
+    assert pairs == [("0.02", "0"), ("0.02", "1"), ("0.05", "0"), ("0.05", "1")]
+    trials = optuna_trials(storage, "e2e-seeds")
+    assert len(trials) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    for t in trials:  # valued at the replicas' mean
+        replicas = [r for r in runs if float(r.data.params["train.lr"]) == t.params["train.lr"]]
+        mean = sum(r.data.metrics["val_accuracy"] for r in replicas) / 2
+        assert t.value == pytest.approx(mean)
+
+
+def test_interrupted_study_resumes_without_duplicates(
+    ray_session: None, mlflow_uri: str, storage: Path, tmp_path: Path
+) -> None:
+    """SIGINT to a running `fishtune run` (own local Ray) → exit 130; `resume` finishes it."""
+    spec = tiny_spec(tmp_path, "e2e-resume", num_samples=6, max_concurrent=1)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "study", "run", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_uri]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + 240
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("[2/6]") or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    output = "".join(lines) + rest
+    assert proc.returncode == 130, output
+    assert "fishtune resume e2e-resume" in output
+    assert StudyStore(storage, "e2e-resume").launches()[-1].finished is False
+
+    assert main(["resume", "e2e-resume", "--storage", str(storage)]) == 0
+    runs = children(mlflow_uri, "e2e-resume")
+    assert len(runs) == 6
+    assert len({r.data.tags["fishtune.trial_id"] for r in runs}) == 6
+    assert {r.data.tags["fishtune.outcome"] for r in runs} == {"completed"}
+    trials = optuna_trials(storage, "e2e-resume")
+    assert len(trials) == 6
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert StudyStore(storage, "e2e-resume").launches()[-1].finished is True
