@@ -64,6 +64,15 @@ def _tracking_uri(args: argparse.Namespace, name: str | None) -> str:
     return Tracking().resolved(Path.cwd()).uri
 
 
+def _check_address(address: str | None) -> None:
+    if address is not None and address.startswith("ray://"):
+        raise ConfigError(
+            f"--address {address}: ray:// client addresses are not supported; run fishtune on the head node "
+            "(--address auto) or submit it as a job: ray job submit --address http://HEAD:8265 --working-dir . "
+            "-- fishtune run SPEC.yaml --address auto"
+        )
+
+
 def _check_local_gpu(spec: StudySpec, address: str | None) -> None:
     if address is None and spec.resources.gpu > 0:
         import torch
@@ -84,10 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["name"] = args.new_study
     spec = load_spec(args.spec, overrides)
     spec = dataclasses.replace(spec, tracking=spec.tracking.resolved(Path.cwd()))
-    if args.address and args.address.startswith("ray://"):
-        raise ConfigError(
-            f"--address {args.address}: ray:// is not supported; submit fishtune as a Ray job (see README, 'Run on a cluster')"
-        )
+    _check_address(args.address)
     _check_local_gpu(spec, args.address)
     store = StudyStore(args.storage, spec.name)
     if store.exists() and store.load_spec().identity() != spec.identity():
@@ -105,6 +111,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     spec = store.load_spec()
     if args.tracking_uri:
         spec = dataclasses.replace(spec, tracking=Tracking(uri=args.tracking_uri).resolved(Path.cwd()))
+    _check_address(args.address)
     _check_local_gpu(spec, args.address)
     from study.launcher import resume_launch
 

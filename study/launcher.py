@@ -55,11 +55,6 @@ def ray_session(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    if address is not None and address.startswith("ray://"):
-        raise ConfigError(
-            f"--address {address}: ray:// client addresses are not supported; run fishtune on the head node "
-            "or submit it as a job: ray job submit --address http://HEAD:8265 --working-dir . -- fishtune run SPEC.yaml --address auto"
-        )
     kwargs = dict(runtime_env={"env_vars": WORKER_ENV}, log_to_driver=False, configure_logging=False)
     if address is None:
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)  # type: ignore[arg-type]
