@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
@@ -35,7 +36,7 @@ def trials_table(client: MlflowClient, study: str) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
     table = pd.DataFrame(rows).sort_values("start").drop(columns="start").reset_index(drop=True)
-    table["epochs"] = table["epochs"].round().astype("Int64")
+    table["epochs"] = np.floor(table["epochs"].astype(float)).astype("Int64")  # completed epochs
     return table
 
 

@@ -4,10 +4,13 @@ Tr(F) = E_{x, ŷ∼p_θ(·|x)} ‖∇θ CE(f(x), ŷ)‖² (paper Eq. 2): one lab
 the model's softmax, then the mean of the per-example squared gradient norms over a probe set.
 With the true labels the same mean is the empirical Fisher's trace (a different matrix).
 
-Per-example gradients come from ``torch.func`` (``vmap`` of ``grad`` over a functional call),
-which is exact for every module, tied and frozen parameters included, and is computed in
-chunks to bound memory. The model is evaluated in eval mode (BatchNorm running statistics,
-dropout off), as in the paper, and restored to its previous mode afterwards.
+Per-example norms come from per-layer closed forms (:mod:`trainables.layer_norms`): one forward
+with hooks that keep each Linear/Conv/BatchNorm layer's input and output, one backward of the
+sum-reduced loss to those outputs only, then the norms from inputs and output gradients. Every
+other module with parameters, tied parameters and layers called twice go to an exact generic
+fallback (``torch.func`` vmap of grad) for their own parameters. Never an approximation.
+The model is evaluated in eval mode (BatchNorm running statistics, dropout off), as in the
+paper, and restored to its previous mode; inputs are processed in chunks to bound memory.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
+
+from trainables.layer_norms import closed_form
 
 DEFAULT_CHUNK = 256
 
@@ -51,27 +56,88 @@ def per_layer_sq_grad_norms(
     model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, chunk_size: int = DEFAULT_CHUNK
 ) -> dict[str, torch.Tensor]:
     """Per module path, the per-example squared gradient norms of its own parameters, (N,)."""
-    trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
-    buffers = dict(model.named_buffers())
-
-    def example_loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(model, (params, frozen, buffers), (x.unsqueeze(0),))
-        return F.cross_entropy(logits, y.unsqueeze(0))
-
-    per_example_grads = vmap(grad(example_loss), in_dims=(None, 0, 0))
     chunks: list[dict[str, torch.Tensor]] = []
-    with eval_mode(model):
+    with eval_mode(model), torch.enable_grad():
         for start in range(0, len(inputs), chunk_size):
             end = start + chunk_size
-            grads = per_example_grads(trainable, inputs[start:end], labels[start:end])
-            layer: dict[str, torch.Tensor] = {}
-            for name, g in grads.items():
-                path = name.rpartition(".")[0]
-                sq = g.pow(2).flatten(1).sum(1)
-                layer[path] = layer[path] + sq if path in layer else sq
-            chunks.append(layer)
+            chunks.append(_chunk_norms(model, inputs[start:end], labels[start:end]))
     return {path: torch.cat([c[path] for c in chunks]) for path in chunks[0]} if chunks else {}
+
+
+def _chunk_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One forward with hooks on closed-form layers, one backward to their outputs, fallback rest."""
+    closed, fallback = _partition(model)
+    captured: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {path: [] for path in closed}
+
+    def hook(path: str):  # type: ignore[no-untyped-def]
+        def capture(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
+            captured[path].append((args[0].detach(), out))
+            return out.clone()  # the network goes on with a copy: in-place ops downstream leave `out` intact
+
+        return capture
+
+    handles = [module.register_forward_hook(hook(path)) for path, module in closed.items()]
+    try:
+        logits = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    reused = [path for path, uses in captured.items() if len(uses) != 1]  # called twice: Σ over uses
+    for path in reused:
+        fallback[path] = closed.pop(path)
+    out: dict[str, torch.Tensor] = {}
+    if closed:
+        outputs = [captured[path][0][1] for path in closed]
+        loss = F.cross_entropy(logits, y, reduction="sum")  # sum: δ_n is example n's own gradient
+        deltas = torch.autograd.grad(loss, outputs)
+        for (path, module), delta in zip(closed.items(), deltas, strict=True):
+            norm_fn = closed_form(module)
+            out[path] = norm_fn(module, captured[path][0][0], delta.detach())
+    if fallback:
+        out.update(_vmap_norms(model, x, y, fallback))
+    return out
+
+
+def _partition(model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """Modules owning trainable parameters: closed form where one exists, else the fallback."""
+    owners: dict[int, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    closed: dict[str, nn.Module] = {}
+    fallback: dict[str, nn.Module] = {}
+    for path, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        tied = any(owners[id(p)] > 1 for p in module.parameters(recurse=False))
+        target = closed if closed_form(module) is not None and not tied else fallback
+        target[path] = module
+    return closed, fallback
+
+
+def _vmap_norms(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, modules: dict[str, nn.Module]
+) -> dict[str, torch.Tensor]:
+    """Exact generic fallback: per-example gradients of these modules' parameters by torch.func."""
+    wanted = {id(p) for m in modules.values() for p in m.parameters(recurse=False) if p.requires_grad}
+    params = dict(model.named_parameters())  # tied parameters appear once, under their first name
+    trainable = {n: p.detach() for n, p in params.items() if id(p) in wanted}
+    constants = {n: p.detach() for n, p in params.items() if id(p) not in wanted}
+    buffers = dict(model.named_buffers())
+
+    def example_loss(theta: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(model, (theta, constants, buffers), (xi.unsqueeze(0),))
+        return F.cross_entropy(logits, yi.unsqueeze(0))
+
+    grads = vmap(grad(example_loss), in_dims=(None, 0, 0))(trainable, x, y)
+    path_of = {id(p): path for path, m in modules.items() for p in m.parameters(recurse=False)}
+    out: dict[str, torch.Tensor] = {}
+    for name, g in grads.items():
+        path = path_of[id(params[name])]
+        sq = g.pow(2).flatten(1).sum(1)
+        out[path] = out[path] + sq if path in out else sq
+    return out
 
 
 def per_example_sq_grad_norms(

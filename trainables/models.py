@@ -43,6 +43,53 @@ class MLPOptions:
         require(self.depth >= 1, "model.depth", "an integer ≥ 1", self.depth)
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ResNetOptions:
+    """CIFAR-style ResNet (He et al. 2016, §4.2): depth = 6n + 2, BatchNorm, widths 16/32/64."""
+
+    depth: int = 56
+    width: int = 16
+
+    def __post_init__(self) -> None:
+        require(
+            self.depth >= 8 and (self.depth - 2) % 6 == 0, "model.depth", "6n + 2 with n ≥ 1 (e.g. 20, 56)", self.depth
+        )
+        require(self.width >= 1, "model.width", "an integer ≥ 1", self.width)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def resnet(opts: ResNetOptions, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    n = (opts.depth - 2) // 6
+    widths = [opts.width, 2 * opts.width, 4 * opts.width]
+    layers: list[nn.Module] = [
+        nn.Conv2d(input_shape[0], widths[0], 3, padding=1, bias=False),
+        nn.BatchNorm2d(widths[0]),
+        nn.ReLU(),
+    ]
+    c_in = widths[0]
+    for stage, width in enumerate(widths):
+        for block in range(n):
+            layers.append(BasicBlock(c_in, width, 2 if stage > 0 and block == 0 else 1))
+            c_in = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
+    return nn.Sequential(*layers)
+
+
 def simple_cnn(opts: SimpleCNNOptions, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     channels, height, width = input_shape
     w = opts.width
@@ -82,6 +129,7 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {
     "simple_cnn": ModelEntry(simple_cnn, SimpleCNNOptions),
     "mlp": ModelEntry(mlp, MLPOptions),
+    "resnet56": ModelEntry(resnet, ResNetOptions),
 }
 
 

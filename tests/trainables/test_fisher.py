@@ -89,11 +89,29 @@ def frozen_net() -> nn.Module:
     return net
 
 
+class Sequence(nn.Module):
+    """Linear layers applied at several positions (ghost and instantiated), LayerNorm (fallback),
+    and one Linear called twice (its per-example gradient sums over both uses: fallback)."""
+
+    def __init__(self, positions: int, width: int) -> None:
+        super().__init__()
+        self.embed = nn.Linear(width, 7)
+        self.norm = nn.LayerNorm(7)
+        self.twice = nn.Linear(7, 7)
+        self.head = nn.Linear(7 * positions, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(torch.relu(self.embed(x)))
+        return self.head(torch.tanh(self.twice(torch.tanh(self.twice(h)))).flatten(1))
+
+
 CASES = {
     "conv2d_bn_residual_inplace": (conv2d_net, (3, 8, 8), 10),
     "conv1d_bn_dilated_grouped": (Conv1dNet, (2, 16), 5),
     "tied": (Tied, (6,), 4),
     "frozen": (frozen_net, (12,), 3),
+    "sequence_ghost": (lambda: Sequence(3, 5), (3, 5), 3),
+    "sequence_instantiated": (lambda: Sequence(10, 2), (10, 2), 3),
 }
 
 
@@ -189,3 +207,25 @@ def test_batch_trace_is_squared_norm_of_mean_sampled_gradient() -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(F.cross_entropy(model.eval()(x), labels), params)
     assert value == pytest.approx(sum(g.pow(2).sum() for g in grads).item(), rel=1e-9)
+
+
+def test_standard_layers_use_closed_forms_and_others_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainables import fisher
+
+    model, x, y = build("sequence_ghost", 4)
+    seen: dict[str, list[str]] = {"closed": [], "fallback": []}
+    real_vmap = fisher._vmap_norms
+
+    def spy(model, x, y, modules):  # type: ignore[no-untyped-def]
+        seen["fallback"] += list(modules)
+        return real_vmap(model, x, y, modules)
+
+    monkeypatch.setattr(fisher, "_vmap_norms", spy)
+    per_layer = fisher.per_layer_sq_grad_norms(model, x, y)
+    assert sorted(per_layer) == ["embed", "head", "norm", "twice"]
+    assert sorted(seen["fallback"]) == ["norm", "twice"]  # LayerNorm, and a Linear called twice
+
+    model, x, y = build("conv2d_bn_residual_inplace", 4)
+    seen["fallback"] = []
+    fisher.per_layer_sq_grad_norms(model, x, y)
+    assert seen["fallback"] == []

@@ -1,0 +1,187 @@
+"""Cost of per-example squared gradient norms (Tr(F)) and of the Fisher-penalty step.
+
+Every figure is the median time of one call over ``--repeats`` runs after warm-up, divided by
+the median of one plain SGD step (zero_grad, forward, mean CE, backward, step) of the same model
+on the same batch, all in one process. Methods that need optional packages (BackPACK, Opacus:
+``pip install -e .[bench]``) are skipped with a note when those are missing.
+
+    .venv/bin/python benchmarks/fisher_overhead.py [--batch 128] [--repeats 15] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from trainables.fisher import per_example_sq_grad_norms, sample_labels
+from trainables.models import ResNetOptions, SimpleCNNOptions, resnet, simple_cnn
+from trainables.penalties import make_penalty
+
+
+def bench_cnn() -> nn.Module:
+    """The design's benchmark CNN: 3×3 convs (padding 1), ReLU, MaxPool2d, Linear; 32×32 input."""
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4096, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
+    )
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    "bench CNN (design §5)": bench_cnn,
+    "SimpleCNN (paper)": lambda: simple_cnn(SimpleCNNOptions(), (3, 32, 32), 10),
+    "ResNet-20 (BN)": lambda: resnet(ResNetOptions(depth=20), (3, 32, 32), 10),
+}
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def loop_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.stack(
+        [
+            sum(g.pow(2).sum() for g in torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), params))
+            for i in range(len(x))
+        ]
+    )
+
+
+def vmap_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+
+    def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(functional_call(model, (p, buffers), (xi[None],)), yi[None])
+
+    grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    return sum(g.pow(2).flatten(1).sum(1) for g in grads.values())  # type: ignore[return-value]
+
+
+def backpack_method(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], object] | str:
+    try:
+        from backpack import backpack, extend
+        from backpack.extensions import BatchL2Grad
+    except ImportError:
+        return "not installed (pip install -e .[bench])"
+    if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return "refuses BatchNorm (BatchL2Grad raises NotImplementedError)"
+    ext = extend(copy.deepcopy(model))
+    loss_fn = extend(nn.CrossEntropyLoss(reduction="sum"))
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> object:
+        ext.zero_grad()
+        with backpack(BatchL2Grad()):
+            loss_fn(ext(x), y).backward()
+        return sum(p.batch_l2 for p in ext.parameters())
+
+    return run
+
+
+def opacus_method(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], object] | str:
+    try:
+        from opacus.grad_sample import GradSampleModuleFastGradientClipping
+    except ImportError:
+        return "not installed (pip install -e .[bench])"
+    if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return "refuses BatchNorm"
+    gsm = GradSampleModuleFastGradientClipping(copy.deepcopy(model), use_ghost_clipping=True, loss_reduction="sum")
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> object:
+        gsm.zero_grad()
+        F.cross_entropy(gsm(x), y, reduction="sum").backward()
+        return gsm.get_norm_sample()
+
+    return run
+
+
+def measure(name: str, factory: Callable[[], nn.Module], batch: int, repeats: int) -> list[tuple[str, str]]:
+    torch.manual_seed(0)
+    model = factory()
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(10, (batch,))
+    labels = sample_labels(model, x, torch.Generator().manual_seed(0))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def sgd_step() -> None:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    def penalty_step(penalty: nn.Module) -> Callable[[], None]:
+        def step() -> None:
+            opt.zero_grad()
+            logits = model(x)
+            (F.cross_entropy(logits, y) + penalty(model, x, y, logits, torch.Generator().manual_seed(0))).backward()
+            opt.step()
+
+        return step
+
+    base = median_seconds(sgd_step, repeats)
+    rows = [(f"plain SGD step ({base * 1e3:.1f} ms)", "1.00")]
+    model.eval()
+    methods: dict[str, Callable[[], object] | str] = {
+        "fishtune per_example_sq_grad_norms": lambda: per_example_sq_grad_norms(model, x, labels),
+        "per-example autograd loop": lambda: loop_norms(model, x, labels),
+        "torch.func vmap(grad)": lambda: vmap_norms(model, x, labels),
+    }
+    for label, maker in (("BackPACK BatchL2Grad", backpack_method), ("Opacus ghost clipping", opacus_method)):
+        made = maker(model)
+        methods[label] = made if isinstance(made, str) else (lambda f=made: f(x, labels))
+    for label, fn in methods.items():
+        rows.append((label, fn if isinstance(fn, str) else f"{median_seconds(fn, repeats) / base:.2f}"))
+    model.train()
+    for every in (1, 10):
+        penalty = make_penalty("fisher", 0.01, recompute_every=every)
+        ratio = median_seconds(penalty_step(penalty), max(repeats, 2 * every)) / base
+        if every > 1:  # median over a cycle hides the recompute: use the mean of whole cycles
+            step = penalty_step(penalty)
+            start = time.perf_counter()
+            for _ in range(3 * every):
+                step()
+            ratio = (time.perf_counter() - start) / (3 * every) / base
+        rows.append((f"Fisher-penalty SGD step, recompute every {every}", f"{ratio:.2f}"))
+    print(f"\n### {name}, batch {batch}\n\n| method | × plain SGD step |\n|---|---|")
+    for label, value in rows:
+        print(f"| {label} | {value} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, CPU")
+    for name in args.models:
+        measure(name, MODELS[name], args.batch, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
