@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fishtune-installed
 
-.PHONY: setup study test lint
+.PHONY: setup study test lint bench
 
 setup: $(STAMP)
 
@@ -31,3 +31,8 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python -m pip install -q --no-deps "backpack-for-pytorch>=1.7"
+	$(BIN)/python benchmarks/fisher_overhead.py

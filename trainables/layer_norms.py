@@ -51,34 +51,68 @@ def conv(module: nn.Conv1d | nn.Conv2d, a: torch.Tensor, delta: torch.Tensor) ->
     else:
         kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
         pad = tuple(module._reversed_padding_repeated_twice)
-    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-    a = F.pad(a, pad, mode=mode) if any(pad) else a
     n, groups = a.shape[0], module.groups
-    h_out, w_out = delta.shape[2], delta.shape[3]
-    t = h_out * w_out
     c_out_g, c_in_g = module.out_channels // groups, module.in_channels // groups
-    d = delta.reshape(n * groups, c_out_g, t)  # (N·g, c_out/g, T)
     out = torch.zeros(n, dtype=delta.dtype, device=delta.device)
     if module.weight.requires_grad:
-        views = [
-            a[:, :, i * dilation[0] :, j * dilation[1] :][
-                :, :, : (h_out - 1) * stride[0] + 1 : stride[0], : (w_out - 1) * stride[1] + 1 : stride[1]
-            ].reshape(n * groups, c_in_g, t)
-            for i in range(kernel[0])
-            for j in range(kernel[1])
-        ]  # each (N·g, c_in/g, T): the input seen by one kernel offset
-        p = c_in_g * len(views)
-        if 2 * t * t <= c_out_g * p:  # ghost: ⟨Σ_offsets VᵀV, DᵀD⟩
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        padded = F.pad(a, pad, mode=mode) if any(pad) else a
+        blocks, d = _im2col_blocks(
+            padded.reshape(n * groups, c_in_g, *padded.shape[2:]),
+            delta.reshape(n * groups, c_out_g, *delta.shape[2:]),
+            kernel,
+            stride,
+            dilation,
+        )
+        t = d.shape[2]
+        if 2 * t * t <= c_out_g * c_in_g * kernel[0] * kernel[1]:  # ghost: ⟨Σ_blocks UᵀU, DᵀD⟩
             gram = torch.zeros(n * groups, t, t, dtype=d.dtype, device=d.device)
-            for v in views:
-                gram += v.transpose(1, 2) @ v
+            for u in blocks:
+                gram += u.transpose(1, 2) @ u
             sq = (gram * (d.transpose(1, 2) @ d)).sum((1, 2))
-        else:  # instantiate, one kernel slice of G_n at a time
-            sq = torch.stack([(d @ v.transpose(1, 2)).pow(2).sum((1, 2)) for v in views]).sum(0)
+        else:  # instantiate, one block of G_n's columns at a time
+            sq = torch.stack([(d @ u.transpose(1, 2)).pow(2).sum((1, 2)) for u in blocks]).sum(0)
         out = out + sq.reshape(n, groups).sum(1)
     if module.bias is not None and module.bias.requires_grad:
         out = out + delta.sum((2, 3)).pow(2).sum(1)
     return out
+
+
+UNFOLD_MAX_ROWS = 64  # c_in·k² up to which one unfolded block beats the per-offset loop (first layers)
+
+
+def _im2col_blocks(
+    a: torch.Tensor, delta: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The padded input ``a`` (M, c, H, W) seen by the kernel as (M, rows, T) blocks whose rows
+    together form the im2col matrix, and δ (M, c_out, h, w) as the matching (M, c_out, T).
+
+    - c·k² small (first layers): one unfolded block, T = h·w.
+    - stride 1: positions are laid out on the padded width (T = h·W), so every kernel offset is
+      a contiguous slice of the flattened input, without a copy; δ gets zero columns at the
+      W − w positions that do not exist, which cancels their (garbage) inputs exactly.
+    - otherwise: one copied strided view per kernel offset (never the k²-times larger tensor).
+    """
+    m, c, _, width = a.shape
+    c_out, h, w = delta.shape[1:]
+    (kh, kw), (s0, s1), (d0, d1) = kernel, stride, dilation
+    if c * kh * kw <= UNFOLD_MAX_ROWS:
+        st = a.stride()
+        size = (m, c, kh, kw, h, w)
+        strides = (st[0], st[1], st[2] * d0, st[3] * d1, st[2] * s0, st[3] * s1)
+        return [a.as_strided(size, strides).reshape(m, c * kh * kw, h * w)], delta.reshape(m, c_out, h * w)
+    if (s0, s1) == (1, 1):
+        extra_rows = -(-(kw - 1) * d1 // width)  # so that the last offset's slice stays inside
+        flat = (F.pad(a, (0, 0, 0, extra_rows)) if extra_rows else a).reshape(m, c, -1)
+        length = h * width
+        blocks = [flat[:, :, i * d0 * width + j * d1 :][:, :, :length] for i in range(kh) for j in range(kw)]
+        return blocks, F.pad(delta, (0, width - w)).reshape(m, c_out, length)
+    views = [
+        a[:, :, i * d0 :, j * d1 :][:, :, : (h - 1) * s0 + 1 : s0, : (w - 1) * s1 + 1 : s1].reshape(m, c, h * w)
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return views, delta.reshape(m, c_out, h * w)
 
 
 def batch_norm(module: nn.BatchNorm1d | nn.BatchNorm2d, a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

@@ -75,11 +75,23 @@ def conv2d_net() -> nn.Module:
         nn.Conv2d(8, 8, 3, padding="same", dilation=2, groups=4),
         nn.MaxPool2d(2),
         Residual(8),
-        nn.Conv2d(8, 6, 1),
+        nn.Conv2d(8, 12, 3, stride=2, padding=2, dilation=2),  # c·k² = 72: the per-offset path
         nn.AdaptiveAvgPool2d(2),
         nn.Flatten(),
         nn.Dropout(0.5),
-        nn.Linear(24, 10),
+        nn.Linear(48, 10),
+    )
+
+
+def wide_conv_net() -> nn.Module:
+    """c·k² > 64 at stride 1: the flattened-slice path, instantiated, with dilation and reflect padding."""
+    return nn.Sequential(
+        nn.Conv2d(16, 4, 3, padding=2, dilation=2),
+        nn.ReLU(),
+        nn.Conv2d(4, 24, 1),
+        nn.Conv2d(24, 4, 3, padding=1, padding_mode="reflect"),
+        nn.Flatten(),
+        nn.Linear(4 * 12 * 12, 3),
     )
 
 
@@ -106,9 +118,10 @@ class Sequence(nn.Module):
 
 
 CASES = {
-    "conv2d_bn_residual_inplace": (conv2d_net, (3, 8, 8), 10),
+    "conv2d_bn_residual_inplace": (conv2d_net, (3, 16, 16), 10),
     "conv1d_bn_dilated_grouped": (Conv1dNet, (2, 16), 5),
     "tied": (Tied, (6,), 4),
+    "wide_conv": (wide_conv_net, (16, 12, 12), 3),
     "frozen": (frozen_net, (12,), 3),
     "sequence_ghost": (lambda: Sequence(3, 5), (3, 5), 3),
     "sequence_instantiated": (lambda: Sequence(10, 2), (10, 2), 3),
@@ -168,7 +181,7 @@ def test_fisher_trace_mean_stderr_and_per_layer() -> None:
     assert est.mean == pytest.approx(values.mean().item(), rel=1e-6)
     assert est.stderr == pytest.approx(values.std().item() / 3, rel=1e-6)
     assert sum(est.per_layer.values()) == pytest.approx(est.mean, rel=1e-9)
-    assert "0" in est.per_layer and "5.conv" in est.per_layer
+    assert "0" in est.per_layer and "5.conv" in est.per_layer and "6" in est.per_layer
 
 
 def test_empirical_labels_are_used_as_given() -> None:
