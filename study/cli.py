@@ -42,12 +42,17 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="trials of a study and their outcomes")
     status.add_argument("name")
 
+    analyze = sub.add_parser("analyze", help="early-Fisher vs test-accuracy report and plots")
+    analyze.add_argument("name")
+    analyze.add_argument("--out", help="output folder (default reports/<study>/)")
+    analyze.add_argument("--epsilon", type=float, help="train-loss threshold ε (default: the study's fisher.epsilon)")
+
     ui = sub.add_parser("ui", help="MLflow UI on the study store")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: local only)")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--name", help="study whose store to open (default: --tracking-uri or ./mlflow.db)")
 
-    for p in (run, resume, status, ui):
+    for p in (run, resume, status, analyze, ui):
         p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides the spec / stored study)")
         p.add_argument("--storage", default=".", help="folder holding runs/<study>/ (default: the working directory)")
     for p in (run, resume):
@@ -132,6 +137,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    if args.epsilon is not None and not args.epsilon > 0:
+        raise ConfigError(f"--epsilon: must be > 0, got {args.epsilon}")
+    uri = _tracking_uri(args, None if args.tracking_uri else args.name)
+    from analysis.report import analyze, headline
+    from analysis.store import StudyNotFound
+
+    out = Path(args.out) if args.out else Path("reports") / args.name
+    try:
+        report = analyze(uri, args.name, out, args.epsilon)
+    except (StudyNotFound, LookupError) as exc:
+        raise ConfigError(str(exc)) from None
+    print(
+        f"study {args.name}: {report['n_trials']} trials, {report['n_used']} completed, excluded {report['excluded']}"
+    )
+    if "message" in report:
+        print(report["message"])
+    else:
+        print(headline(report))
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     uri = _tracking_uri(args, args.name)
     print(f"MLflow UI for {uri} on http://{args.host}:{args.port}", flush=True)
@@ -156,7 +184,7 @@ def _report(outcome: Any) -> int:
     return int(outcome.code)
 
 
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "status": cmd_status, "ui": cmd_ui}
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "status": cmd_status, "analyze": cmd_analyze, "ui": cmd_ui}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -94,6 +95,14 @@ def test_study_runs_end_to_end_and_follows_the_mlflow_contract(
     status = capsys.readouterr().out
     assert all(r.data.tags["fishtune.trial_id"] in status for r in runs)
     assert "completed 4" in status
+
+    # The analysis reads the same store: every trial, recomputed measures equal the logged ones.
+    out = tmp_path / "report"
+    assert main(["analyze", "e2e", "--storage", str(storage), "--out", str(out)]) == 0
+    table = pd.read_csv(out / "trials.csv")
+    assert len(table) == 4 and set(table["outcome"]) == {"completed"}
+    assert table["mismatch"].isna().all()  # recomputed early/peak values equal the trainable's
+    assert (table["fisher_peak"] == table["logged_fisher_peak"]).all()
 
     # Extending: a larger num_samples continues the same Optuna study and parent run.
     assert main(["run", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_uri, "--num-samples", "6"]) == 0

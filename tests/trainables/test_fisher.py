@@ -242,3 +242,25 @@ def test_standard_layers_use_closed_forms_and_others_the_fallback(monkeypatch: p
     seen["fallback"] = []
     fisher.per_layer_sq_grad_norms(model, x, y)
     assert seen["fallback"] == []
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "shape"),
+    [
+        ("simple_cnn", {"padding": "same", "width": 4, "hidden": 8}, (1, 8, 8)),
+        ("simple_cnn", {"padding": "paper", "width": 4, "hidden": 8}, (3, 16, 16)),
+        ("mlp", {"hidden": 8, "depth": 2}, (1, 8, 8)),
+        ("resnet56", {"depth": 8, "width": 4}, (3, 8, 8)),
+    ],
+)
+def test_registry_models_match_the_loop(name: str, options: dict, shape: tuple[int, ...]) -> None:
+    from trainables.models import build_model, model_entry
+    from trainables.schema import parse
+
+    torch.manual_seed(0)
+    model = build_model(name, parse(model_entry(name).options, options, "model"), shape, 10).double()
+    with torch.no_grad():  # BatchNorm running statistics away from their initial values
+        for _ in range(3):
+            model(torch.randn(16, *shape, dtype=torch.float64) * 1.5 + 0.5)
+    x, y = torch.randn(6, *shape, dtype=torch.float64), torch.randint(10, (6,))
+    torch.testing.assert_close(per_example_sq_grad_norms(model, x, y), reference_norms(model, x, y), rtol=1e-6, atol=0)

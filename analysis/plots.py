@@ -1,0 +1,116 @@
+"""Plots of a study: one function per figure, each takes tables and returns a Figure (Agg)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from analysis.table import COEF, LR
+
+BINS = 6
+
+
+def fisher_curves(table: pd.DataFrame, curves: dict[str, dict[str, pd.Series]], run_ids: list[str]) -> Figure:
+    """Tr(F) against epoch for every trial, coloured by learning rate on a log scale."""
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    lrs = table[LR].astype(float) if LR in table else pd.Series([np.nan] * len(table))
+    finite = lrs[np.isfinite(lrs) & (lrs > 0)]
+    norm = LogNorm(finite.min(), finite.max()) if len(finite) and finite.min() < finite.max() else None
+    cmap = plt.get_cmap("viridis")
+    for (_, row), run_id, lr in zip(table.iterrows(), run_ids, lrs, strict=True):
+        c = curves.get(run_id, {})
+        joined = pd.concat({"fisher": c.get("fisher_trace"), "epoch": c.get("epoch")}, axis=1).dropna()
+        if joined.empty:
+            continue
+        color = cmap(norm(lr)) if norm is not None and np.isfinite(lr) else "tab:blue"
+        style = "-" if row["outcome"] == "completed" else ":"
+        ax.plot(joined["epoch"], joined["fisher"], style, color=color, lw=1, alpha=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("Tr(F) (probe, sampled labels)")
+    ax.set_title("Tr(F) during training (dotted: not completed)")
+    if norm is not None:
+        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="learning rate")
+    fig.tight_layout()
+    return fig
+
+
+def fisher_vs_accuracy(table: pd.DataFrame, report: dict) -> Figure:
+    """Early Tr(F) and Fisher peak against final test accuracy, completed trials only."""
+    used = table[table["outcome"] == "completed"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=100, sharey=True, layout="constrained")
+    for ax, measure, label in zip(
+        axes,
+        ("early_fisher_trace", "fisher_peak"),
+        ("early Tr(F) (ε crossing)", "Tr(F) peak (after epoch 1)"),
+        strict=True,
+    ):
+        c = used[LR].astype(float) if LR in used else None
+        points = ax.scatter(
+            used[measure],
+            used["final_test_accuracy"],
+            c=c,
+            cmap="viridis",
+            norm=LogNorm() if c is not None and len(c) and c.min() > 0 else None,
+            s=22,
+        )
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(_log_label))
+        ax.xaxis.set_minor_formatter(FuncFormatter(_log_label))
+        ax.set_xlabel(label)
+        block = report["correlations"].get(measure, {})
+        rho = block.get("spearman", {}).get("r")
+        ax.set_title(
+            f"Spearman ρ = {rho:.2f} (n = {block.get('n', 0)})" if rho is not None else f"n = {block.get('n', 0)}"
+        )
+    axes[0].set_ylabel("final test accuracy")
+    if LR in used and len(used):
+        fig.colorbar(points, ax=axes, label="learning rate")
+    return fig
+
+
+def _log_label(value: float, _: int) -> str:
+    """Plain numbers at 1, 2 and 5 × 10^k on a log axis; other minor ticks unlabelled."""
+    mantissa = round(value / 10 ** np.floor(np.log10(value)), 6) if value > 0 else 0
+    return f"{value:g}" if mantissa in (1, 2, 5) else ""
+
+
+def accuracy_heatmap(table: pd.DataFrame) -> Figure:
+    """Mean final test accuracy over an lr × penalty-coefficient grid (log bins when continuous)."""
+    used = table[table["outcome"] == "completed"].copy()
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    for axis in (LR, COEF):
+        values = used[axis].astype(float)
+        if values.nunique() > BINS:
+            edges = np.geomspace(values[values > 0].min(), values.max() * (1 + 1e-9), BINS + 1)
+            centres = np.sqrt(edges[:-1] * edges[1:])  # geometric bin centres
+            used[axis] = centres[np.clip(np.digitize(values, edges) - 1, 0, BINS - 1)]
+    grid = used.pivot_table(index=COEF, columns=LR, values="final_test_accuracy", aggfunc="mean")
+    image = ax.imshow(grid.values, origin="lower", cmap="magma", aspect="auto")
+    ax.set_xticks(range(len(grid.columns)), [f"{v:.2g}" for v in grid.columns], rotation=45)
+    ax.set_yticks(range(len(grid.index)), [f"{v:.2g}" for v in grid.index])
+    for (i, j), v in np.ndenumerate(grid.values):
+        if np.isfinite(v):
+            ax.text(
+                j,
+                i,
+                f"{v:.3f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="w" if v < np.nanmean(grid.values) else "k",
+            )
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("penalty coefficient")
+    ax.set_title("final test accuracy (mean per cell)")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    return fig

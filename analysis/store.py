@@ -1,0 +1,77 @@
+"""Read a study from MLflow through the data contract of design.md §4 (and nothing else).
+
+The edge of the analysis: everything after this module is pure functions over DataFrames.
+Curves come from each child run's exact metric history (never MLflow's down-sampling bulk
+endpoint), or from a ``curves.parquet`` artifact when a run has one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+CURVES = ("train_loss", "fisher_trace", "epoch")
+SUMMARY = (
+    "final_test_accuracy",
+    "final_val_accuracy",
+    "best_test_accuracy",
+    "early_fisher_trace",
+    "fisher_peak",
+    "fisher_peak_step",
+)
+
+
+class StudyNotFound(LookupError):
+    """The tracking store has no such study (a user error: the message says what to check)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StudyData:
+    name: str
+    parent_run_id: str
+    params: dict[str, str]  # the parent run's flattened spec
+    searched: list[str]
+    runs: pd.DataFrame  # one row per child run: run_id, trial_id, outcome, params.*, metrics.*
+    curves: dict[str, dict[str, pd.Series]]  # run_id → metric → Series indexed by step
+
+
+def load_study(client: MlflowClient, name: str) -> StudyData:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise StudyNotFound(f"study {name!r}: no such MLflow experiment in {client.tracking_uri}")
+    parents = client.search_runs([exp.experiment_id], filter_string="tags.`fishtune.role` = 'study'", max_results=1)
+    if not parents:
+        raise StudyNotFound(f"study {name!r}: the experiment has no fishtune parent run")
+    parent = parents[0]
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`fishtune.role` = 'trial'", max_results=50_000)
+    rows, curves = [], {}
+    for run in runs:
+        row: dict[str, object] = {
+            "run_id": run.info.run_id,
+            "trial_id": run.data.tags.get("fishtune.trial_id", run.info.run_id),
+            "outcome": run.data.tags.get("fishtune.outcome", "unknown"),
+            "start_time": run.info.start_time,
+        }
+        row.update({f"params.{k}": v for k, v in run.data.params.items()})
+        row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+        rows.append(row)
+        curves[run.info.run_id] = _curves(client, run.info.run_id)
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table = table.sort_values("start_time").reset_index(drop=True)
+    searched = [s for s in parent.data.tags.get("fishtune.searched", "").split(",") if s]
+    return StudyData(name, parent.info.run_id, dict(parent.data.params), searched, table, curves)
+
+
+def _curves(client: MlflowClient, run_id: str) -> dict[str, pd.Series]:
+    if "curves.parquet" in {artifact.path for artifact in client.list_artifacts(run_id)}:
+        frame = pd.read_parquet(client.download_artifacts(run_id, "curves.parquet")).set_index("step")
+        return {name: frame[name].dropna() for name in CURVES if name in frame}
+    out = {}
+    for name in CURVES:
+        history = client.get_metric_history(run_id, name)
+        series = pd.Series({m.step: m.value for m in history}, dtype=float).sort_index()
+        out[name] = series
+    return out
