@@ -12,13 +12,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
+
 from trainables.data import dataset_info
 from trainables.models import build_model, model_entry
+from trainables.penalties import make_penalty
 from trainables.schema import ConfigError, flatten, parse, require, unflatten
 
 TRIAL_INDEX_KEY = "__trial_index__"  # set by Ray's Repeater on replicated configurations
 SEEDS_KEY = "fishtune.seeds"  # the replica seeds, carried in param_space when train.seed is a grid
-PENALTY_KINDS = ("none", "fisher", "gp", "gpr", "gpx")
+PENALTY_KINDS = ("none", "fisher", "gp", "gpr", "gpx", "vcl")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -164,8 +167,10 @@ class TrialConfig:
         return TrialConfig.from_mapping(unflatten(flat))
 
     def check_model_fits_data(self) -> None:
+        """Build the model (and the penalty's own parameters) on a dummy batch of the data's shape."""
         info = dataset_info(self.data.name)
-        build_model(self.model.name, self.model.options, info.input_shape, info.num_classes)
+        model = build_model(self.model.name, self.model.options, info.input_shape, info.num_classes)
+        make_penalty(self.penalty.kind, self.penalty.coef).prepare(model, torch.zeros(16, *info.input_shape))
 
     @property
     def epsilon(self) -> float:

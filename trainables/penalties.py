@@ -6,6 +6,7 @@
 - ``fisher``: coef·‖(1/B) Σ_i ∇θ CE(f(x_i), ŷ_i)‖², ŷ_i ∼ softmax(logits) (Tr(F_B));
 - ``gp``: the same with the true labels; ``gpr``: with uniformly random labels;
 - ``gpx``: coef·(1/B) Σ_i ‖∇_{x_i} CE(f(x_i), y_i)‖² (input-gradient norm, true labels);
+- ``vcl``: the variance-constancy loss of Littwin & Wolf (2018), learnable β;
 - ``none``: 0.
 
 Gradients go through double backprop over all parameters with ``requires_grad``, in the
@@ -47,6 +48,9 @@ class Penalty(nn.Module, abc.ABC):
         self.batch_trace: float | None = None  # ‖ḡ‖² when the Fisher penalty computed it
         self._grads: list[torch.Tensor] = []
 
+    def prepare(self, model: nn.Module, example_inputs: torch.Tensor) -> None:
+        """Create any parameters of the penalty itself before the optimizer is built."""
+
     @abc.abstractmethod
     def compute(
         self,
@@ -66,7 +70,7 @@ class Penalty(nn.Module, abc.ABC):
         logits: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        params = _params(model)
+        params = [*_params(model), *(p for p in self.parameters() if p.requires_grad)]
         recompute = self.calls % self.recompute_every == 0
         self.calls += 1
         if recompute:
@@ -141,12 +145,72 @@ class InputGradientPenalty(Penalty):
         return gx.pow(2).flatten(1).sum(1).mean()
 
 
+class VarianceConstancyPenalty(Penalty):
+    """VCL (Littwin & Wolf 2018): Σ_layers mean_j (1 − s²₁ⱼ/(s²₂ⱼ + βⱼ))².
+
+    s²₁, s²₂ are the sample variances of each pre-activation unit j (the input of every
+    activation module) over two disjoint subsets of ``SUBSET`` examples of the mini-batch, as in
+    the authors' code; β is a learnable per-unit tensor initialised to 1 that joins the
+    optimizer. The pre-activations come from a forward of those 2·``SUBSET`` examples in the
+    model's current mode. VCL is meant for networks without BatchNorm (its authors use it
+    instead of BN); with BN that extra forward would also update the running statistics.
+    """
+
+    SUBSET = 5
+    ACTIVATIONS = (nn.ReLU, nn.ELU, nn.LeakyReLU, nn.GELU, nn.SELU, nn.Tanh, nn.Sigmoid, nn.Softplus)
+
+    def __init__(self, coef: float, recompute_every: int = 1) -> None:
+        super().__init__(coef, recompute_every)
+        self.beta = nn.ParameterList()
+
+    def _activations(self, model: nn.Module) -> list[nn.Module]:
+        found: list[nn.Module] = [m for m in model.modules() if isinstance(m, self.ACTIVATIONS)]
+        if not found:
+            raise ConfigError(
+                "penalty.kind: vcl needs activation modules (nn.ReLU, nn.ELU, …) to hook, and this model has none"
+            )
+        return found
+
+    def _pre_activations(self, model: nn.Module, inputs: torch.Tensor) -> list[torch.Tensor]:
+        captured: list[torch.Tensor] = []
+        handles = [
+            m.register_forward_pre_hook(lambda _, args: captured.append(args[0])) for m in self._activations(model)
+        ]
+        try:
+            model(inputs[: 2 * self.SUBSET])
+        finally:
+            for handle in handles:
+                handle.remove()
+        return captured
+
+    def prepare(self, model: nn.Module, example_inputs: torch.Tensor) -> None:
+        if len(self.beta):
+            return
+        with torch.no_grad():
+            shapes = [a.shape[1:] for a in self._pre_activations(model, example_inputs)]
+        device = example_inputs.device
+        self.beta.extend(nn.Parameter(torch.ones(shape, device=device)) for shape in shapes)
+
+    def compute(self, model, inputs, labels, logits, generator):  # type: ignore[no-untyped-def]
+        if len(inputs) < 2 * self.SUBSET:
+            return torch.zeros((), device=inputs.device)
+        if not len(self.beta):
+            self.prepare(model, inputs)
+        losses = []
+        for act, beta in zip(self._pre_activations(model, inputs), self.beta, strict=True):
+            first, second = act[: self.SUBSET], act[self.SUBSET : 2 * self.SUBSET]
+            ratio = first.var(0, unbiased=True) / (second.var(0, unbiased=True) + beta)
+            losses.append((1 - ratio).pow(2).mean())
+        return torch.stack(losses).sum()
+
+
 PENALTIES: dict[str, type[Penalty]] = {
     "none": NoPenalty,
     "fisher": FisherPenalty,
     "gp": GradientPenalty,
     "gpr": RandomLabelGradientPenalty,
     "gpx": InputGradientPenalty,
+    "vcl": VarianceConstancyPenalty,
 }
 
 

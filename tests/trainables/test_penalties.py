@@ -104,3 +104,24 @@ def test_none_is_zero_and_unknown_kind_is_a_config_error() -> None:
     assert make_penalty("none", 0.0)(model, x, y, model(x)).item() == 0.0
     with pytest.raises(ConfigError, match=r"penalty\.kind"):
         make_penalty("l2", 1.0)
+
+
+def test_vcl_matches_its_formula_and_trains_beta() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    x, y = torch.randn(12, 4, dtype=torch.float64), torch.randint(3, (12,))
+    penalty = make_penalty("vcl", COEF).double()
+    penalty.prepare(model, x)
+    betas = list(penalty.parameters())
+    assert len(betas) == 1 and betas[0].shape == (6,) and bool((betas[0] == 1).all())
+    out = penalty(model, x, y, model(x))
+    h = model[0](x[:10])  # pre-activations of the ReLU on the first 2 × 5 examples
+    expected = COEF * (1 - h[:5].var(0) / (h[5:10].var(0) + 1)).pow(2).mean()
+    assert out.item() == pytest.approx(expected.item(), rel=1e-12)
+    grads = torch.autograd.grad(out, [*model.parameters(), *betas], allow_unused=True)
+    assert all(bool(g.abs().sum() > 0) for g in (grads[0], grads[-1]))
+
+
+def test_vcl_without_activation_modules_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="vcl"):
+        make_penalty("vcl", 0.1).prepare(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.zeros(12, 4))
