@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
@@ -29,6 +31,16 @@ log = logging.getLogger(__name__)
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 MAX_PARAMS_PER_BATCH = 100
 EPOCH_METRICS = ("val_accuracy", "val_loss", "test_accuracy", "test_loss")
+CURVE_METRICS = (
+    "epoch",
+    "train_loss",
+    "penalty_loss",
+    "train_accuracy",
+    "fisher_trace",
+    "fisher_trace_stderr",
+    "fisher_trace_batch",
+    "fisher_trace_empirical",
+)
 ROLE, TRIAL_ID, OUTCOME = "fishtune.role", "fishtune.trial_id", "fishtune.outcome"
 
 
@@ -167,8 +179,29 @@ class MlflowTracking(Callback):
         if errored:
             tags.append(RunTag("fishtune.error", error_summary(trial)[-5000:]))
         self._write(run_id, [], tags)
+        if self.flush() == 0:  # every point is in the store: snapshot the curves for fast reads
+            self._log_curves(run_id)
         status = RunStatus.FAILED if errored else RunStatus.FINISHED
         self.client.set_terminated(run_id, status=RunStatus.to_string(status))
+
+    def _log_curves(self, run_id: str) -> None:
+        """All step-level curves of the run as one ``curves.parquet`` artifact (column per metric).
+
+        MLflow 3 has no exact bulk read of metric histories; the analysis reads this file
+        instead of one history call per metric and run, and falls back to them when it is absent.
+        """
+        columns = {}
+        for name in CURVE_METRICS:
+            history = self.client.get_metric_history(run_id, name)
+            if history:
+                columns[name] = pd.Series({m.step: m.value for m in history}, dtype=float)
+        if not columns:
+            return
+        frame = pd.DataFrame(columns).sort_index().rename_axis("step").reset_index()
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "curves.parquet"
+            frame.to_parquet(path, index=False)
+            self.client.log_artifact(run_id, str(path))
 
     def _write(self, run_id: str, metrics: list[Metric], tags: list[RunTag]) -> None:
         self._pending += [(run_id, chunk, []) for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH)]

@@ -163,3 +163,43 @@ def test_cli_analyze_prints_the_headline_and_refuses_unknown_studies(
     assert main(["analyze", "nope", "--tracking-uri", store]) == 2
     assert "no such MLflow experiment" in capsys.readouterr().err
     assert main(["analyze", "synthetic", "--tracking-uri", store, "--epsilon", "-1"]) == 2
+
+
+def test_measures_edge_cases() -> None:
+    from analysis.measures import early_fisher_trace, fisher_at_epoch, fisher_peak
+
+    steps = [0, 10, 20, 30, 40]
+    fisher = pd.Series([1.0, math.nan, 7.0, 7.0, 3.0], index=steps)
+    loss = pd.Series([2.0, 0.4, 0.3, 0.2], index=steps[1:])
+    epoch = pd.Series([s / 20 for s in steps], index=steps)
+    assert early_fisher_trace(loss, fisher, 0.5) == (7.0, 20)  # NaN at the crossing step is skipped
+    assert early_fisher_trace(loss, fisher, 0.1) is None  # no crossing
+    assert fisher_peak(fisher, epoch) == (7.0, 20)  # a tie: the first step
+    assert fisher_peak(fisher, epoch / 100) is None  # epoch 1 never reached
+    assert fisher_at_epoch(fisher, epoch, 1.5) == 7.0 and math.isnan(fisher_at_epoch(fisher, epoch, 9))
+
+
+def test_constant_fisher_gives_no_correlation_numbers() -> None:
+    from analysis.stats import correlations
+
+    block = correlations(np.full(5, 3.0), np.linspace(0.5, 0.9, 5))
+    assert block == {"n": 5}
+
+
+def test_statistics_agree_with_scipy() -> None:
+    from scipy import stats
+
+    from analysis.stats import METHODS, correlations
+
+    rng = np.random.default_rng(3)
+    x, y = rng.lognormal(size=12), rng.normal(size=12)
+    block = correlations(x, y)
+    assert block["spearman"]["r"] == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert block["kendall"]["p"] == pytest.approx(stats.kendalltau(x, y).pvalue)
+    assert block["pearson"]["r"] == pytest.approx(stats.pearsonr(np.log(x), y).statistic)
+    rows_x, rows_y = np.stack([x, x[::-1]]), np.stack([y, y])  # the vectorised bootstrap kernels
+    for name, method in METHODS.items():
+        expected = [
+            method.test(np.log(a) if method.log_x else a, b).statistic for a, b in zip(rows_x, rows_y, strict=True)
+        ]
+        np.testing.assert_allclose(method.rows(rows_x, rows_y), expected, rtol=1e-10, err_msg=name)

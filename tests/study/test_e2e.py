@@ -83,6 +83,7 @@ def test_study_runs_end_to_end_and_follows_the_mlflow_contract(
         for metric in ("fisher_trace", "fisher_trace_stderr", "train_loss", "epoch", "val_accuracy", "test_loss"):
             steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
             assert steps == sorted(set(steps)), metric  # increasing, never repeated
+        assert "curves.parquet" in {a.path for a in client.list_artifacts(run.info.run_id)}
         fisher_steps = [m.step for m in client.get_metric_history(run.info.run_id, "fisher_trace")]
         assert fisher_steps[0] == 0
         epochs = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "epoch")}
