@@ -141,6 +141,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.epsilon is not None and not args.epsilon > 0:
         raise ConfigError(f"--epsilon: must be > 0, got {args.epsilon}")
     uri = _tracking_uri(args, None if args.tracking_uri else args.name)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per trial otherwise
     from analysis.report import analyze, headline
     from analysis.store import StudyNotFound
 

@@ -90,6 +90,6 @@ def test_per_layer_and_empirical_traces_are_logged_when_asked() -> None:
     curves = run(cfg)[0].curves
     layers = {k for k in curves if k.startswith("fisher_trace.layer.")}
     assert layers == {"fisher_trace.layer.1", "fisher_trace.layer.3"}  # the MLP's two Linear layers
-    for (step, total), *parts in zip(curves["fisher_trace"], *(curves[k] for k in sorted(layers)), strict=True):
+    for (_, total), *parts in zip(curves["fisher_trace"], *(curves[k] for k in sorted(layers)), strict=True):
         assert sum(v for _, v in parts) == pytest.approx(total, rel=1e-6)  # float32 sums
     assert [s for s, _ in curves["fisher_trace_empirical"]] == [s for s, _ in curves["fisher_trace"]]
