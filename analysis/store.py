@@ -8,11 +8,14 @@ endpoint), or from a ``curves.parquet`` artifact when a run has one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
 CURVES = ("train_loss", "fisher_trace", "epoch")
+CURVES_FILE = "curves.parquet"
 SUMMARY = (
     "final_test_accuracy",
     "final_val_accuracy",
@@ -57,7 +60,7 @@ def load_study(client: MlflowClient, name: str) -> StudyData:
         row.update({f"params.{k}": v for k, v in run.data.params.items()})
         row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
         rows.append(row)
-        curves[run.info.run_id] = _curves(client, run.info.run_id)
+        curves[run.info.run_id] = _curves(client, run.info.run_id, run.info.artifact_uri)
     table = pd.DataFrame(rows)
     if not table.empty:
         table = table.sort_values("start_time").reset_index(drop=True)
@@ -65,9 +68,10 @@ def load_study(client: MlflowClient, name: str) -> StudyData:
     return StudyData(name, parent.info.run_id, dict(parent.data.params), searched, table, curves)
 
 
-def _curves(client: MlflowClient, run_id: str) -> dict[str, pd.Series]:
-    if "curves.parquet" in {artifact.path for artifact in client.list_artifacts(run_id)}:
-        frame = pd.read_parquet(client.download_artifacts(run_id, "curves.parquet")).set_index("step")
+def _curves(client: MlflowClient, run_id: str, artifact_uri: str) -> dict[str, pd.Series]:
+    path = _curves_file(client, run_id, artifact_uri)
+    if path is not None:
+        frame = pd.read_parquet(path).set_index("step")
         return {name: frame[name].dropna() for name in CURVES if name in frame}
     out = {}
     for name in CURVES:
@@ -75,3 +79,14 @@ def _curves(client: MlflowClient, run_id: str) -> dict[str, pd.Series]:
         series = pd.Series({m.step: m.value for m in history}, dtype=float).sort_index()
         out[name] = series
     return out
+
+
+def _curves_file(client: MlflowClient, run_id: str, artifact_uri: str) -> str | None:
+    """The run's ``curves.parquet``: read in place from a local artifact store, else downloaded."""
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme in ("", "file"):
+        local = Path(unquote(parsed.path)) / CURVES_FILE
+        return str(local) if local.is_file() else None
+    if CURVES_FILE in {artifact.path for artifact in client.list_artifacts(run_id)}:
+        return client.download_artifacts(run_id, CURVES_FILE)
+    return None
