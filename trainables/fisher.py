@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ from torch.func import functional_call, grad, vmap
 from trainables.layer_norms import closed_form
 
 DEFAULT_CHUNK = 256
+_COPY_TENSORS: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # layers followed by in-place ops
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +67,23 @@ def per_layer_sq_grad_norms(
 
 
 def _chunk_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One forward with hooks on closed-form layers, one backward to their outputs, fallback rest."""
+    """One forward with hooks on closed-form layers, one backward to their outputs, fallback rest.
+
+    A hooked layer's input and output must reach the backward unmodified. Rather than copy every
+    activation, the hooks record version counters; a layer whose tensors an in-place operation
+    changed later in the forward (``ReLU(inplace=True)``, ``out += identity``) is remembered and
+    the chunk is recomputed with copies for it (the network then goes on with the copy).
+    """
     closed, fallback = _partition(model)
-    captured: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {path: [] for path in closed}
+    captured: dict[str, list[tuple[torch.Tensor, torch.Tensor, tuple[int, int] | None]]] = {p: [] for p in closed}
 
     def hook(path: str):  # type: ignore[no-untyped-def]
-        def capture(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
-            captured[path].append((args[0].detach(), out))
-            return out.clone()  # the network goes on with a copy: in-place ops downstream leave `out` intact
+        def capture(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor | None:
+            if module in _COPY_TENSORS:
+                captured[path].append((args[0].detach().clone(), out, None))
+                return out.clone()
+            captured[path].append((args[0].detach(), out, (args[0]._version, out._version)))
+            return None
 
         return capture
 
@@ -82,6 +93,15 @@ def _chunk_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str
     finally:
         for handle in handles:
             handle.remove()
+    modified = [
+        path
+        for path, uses in captured.items()
+        for a, s, versions in uses
+        if versions is not None and versions != (a._version, s._version)
+    ]
+    if modified:
+        _COPY_TENSORS.update(closed[path] for path in modified)
+        return _chunk_norms(model, x, y)
     reused = [path for path, uses in captured.items() if len(uses) != 1]  # called twice: Σ over uses
     for path in reused:
         fallback[path] = closed.pop(path)

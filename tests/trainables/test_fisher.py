@@ -264,3 +264,15 @@ def test_registry_models_match_the_loop(name: str, options: dict, shape: tuple[i
             model(torch.randn(16, *shape, dtype=torch.float64) * 1.5 + 0.5)
     x, y = torch.randn(6, *shape, dtype=torch.float64), torch.randint(10, (6,))
     torch.testing.assert_close(per_example_sq_grad_norms(model, x, y), reference_norms(model, x, y), rtol=1e-6, atol=0)
+
+
+def test_layers_followed_by_in_place_ops_are_detected_and_copied() -> None:
+    from trainables import fisher
+
+    model, x, y = build("conv2d_bn_residual_inplace", 3)
+    per_example_sq_grad_norms(model, x, y)
+    copied = {name for name, m in model.named_modules() if m in fisher._COPY_TENSORS}
+    assert copied == {"1", "5.bn"}  # BN before ReLU(inplace=True); BN whose output gets `+= x`
+    plain, px, py = build("frozen", 3)
+    per_example_sq_grad_norms(plain, px, py)
+    assert not any(m in fisher._COPY_TENSORS for m in plain.modules())
