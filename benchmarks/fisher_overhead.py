@@ -1,8 +1,8 @@
 """Cost of per-example squared gradient norms (Tr(F)) and of the Fisher-penalty step.
 
-Every figure is the median time of one call over ``--repeats`` runs after warm-up, divided by
-the median of one plain SGD step (zero_grad, forward, mean CE, backward, step) of the same model
-on the same batch, all in one process. Methods that need optional packages (BackPACK, Opacus:
+Every figure is the median over ``--repeats`` rounds of time(method) / time(plain SGD step), the
+two timed back to back in each round (zero_grad, forward, mean CE, backward, step; same model and
+batch), after warm-up, all in one process. Methods that need optional packages (BackPACK, Opacus:
 ``pip install -e .[bench]``) are skipped with a note when those are missing.
 
     .venv/bin/python benchmarks/fisher_overhead.py [--batch 128] [--repeats 15] [--threads 2]
@@ -51,15 +51,25 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved_ratio(fn: Callable[[], object], base: Callable[[], object], rounds: int, per_call: int = 1) -> float:
+    """Median over rounds of time(fn) / (per_call · time(base)), the two timed back to back.
+
+    Alternating the two cancels the slow drifts of a shared machine that a ratio of two
+    separately taken medians would pick up.
+    """
+    for _ in range(2):
+        fn(), base()
+    ratios = []
+    for _ in range(rounds):
+        t_base = seconds(base)
+        ratios.append(seconds(fn) / per_call / t_base)
+    return statistics.median(ratios)
 
 
 def loop_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -143,25 +153,28 @@ def measure(name: str, factory: Callable[[], nn.Module], batch: int, repeats: in
 
         return step
 
-    base = median_seconds(sgd_step, repeats)
-    rows = [(f"plain SGD step ({base * 1e3:.1f} ms)", "1.00")]
-    model.eval()
+    for _ in range(2):
+        sgd_step()
+    step_ms = statistics.median(seconds(sgd_step) for _ in range(repeats)) * 1e3
+    rows = [(f"plain SGD step ({step_ms:.1f} ms)", "1.00")]
+    probe = copy.deepcopy(model).eval()  # Tr(F) is measured in eval mode; the SGD step trains
     methods: dict[str, Callable[[], object] | str] = {
-        "fishtune per_example_sq_grad_norms": lambda: per_example_sq_grad_norms(model, x, labels),
-        "per-example autograd loop": lambda: loop_norms(model, x, labels),
-        "torch.func vmap(grad)": lambda: vmap_norms(model, x, labels),
+        "fishtune per_example_sq_grad_norms": lambda: per_example_sq_grad_norms(probe, x, labels),
+        "per-example autograd loop": lambda: loop_norms(probe, x, labels),
+        "torch.func vmap(grad)": lambda: vmap_norms(probe, x, labels),
     }
     for label, maker in (("BackPACK BatchL2Grad", backpack_method), ("Opacus ghost clipping", opacus_method)):
-        made = maker(model)
+        made = maker(probe)
         methods[label] = made if isinstance(made, str) else (lambda f=made: f(x, labels))
     for label, fn in methods.items():
-        rows.append((label, fn if isinstance(fn, str) else f"{median_seconds(fn, repeats) / base:.2f}"))
-    model.train()
-    every_step = median_seconds(penalty_step(make_penalty("fisher", 0.01, recompute_every=1)), repeats)
-    rows.append(("Fisher-penalty SGD step, recomputed every step", f"{every_step / base:.2f}"))
+        rows.append((label, fn if isinstance(fn, str) else f"{interleaved_ratio(fn, sgd_step, repeats):.2f}"))
+    every_step = penalty_step(make_penalty("fisher", 0.01, recompute_every=1))
+    rows.append(
+        ("Fisher-penalty SGD step, recomputed every step", f"{interleaved_ratio(every_step, sgd_step, repeats):.2f}")
+    )
     cycle = penalty_step(make_penalty("fisher", 0.01, recompute_every=10))
-    cycles = median_seconds(lambda: [cycle() for _ in range(10)], max(3, repeats // 5), warmup=1)
-    rows.append(("Fisher-penalty SGD step, recomputed every 10 (mean over a cycle)", f"{cycles / 10 / base:.2f}"))
+    ratio = interleaved_ratio(lambda: [cycle() for _ in range(10)], sgd_step, max(3, repeats // 3), per_call=10)
+    rows.append(("Fisher-penalty SGD step, recomputed every 10 (mean over a cycle)", f"{ratio:.2f}"))
     print(f"\n### {name}, batch {batch}\n\n| method | × plain SGD step |\n|---|---|")
     for label, value in rows:
         print(f"| {label} | {value} |")

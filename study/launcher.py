@@ -12,6 +12,8 @@ import contextlib
 import logging
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -103,6 +105,7 @@ def _git_commit() -> str:
 
 def open_parent_run(spec: StudySpec) -> tuple[MlflowClient, str, str]:
     """Connect to the tracking store (a user error if unreachable) and get the parent run."""
+    check_reachable(spec.tracking.uri)
     client = MlflowClient(spec.tracking.uri)
     try:
         exp = experiment_id(client, spec)
@@ -112,6 +115,20 @@ def open_parent_run(spec: StudySpec) -> tuple[MlflowClient, str, str]:
             f"tracking.uri: cannot open the MLflow store {spec.tracking.uri} ({type(exc).__name__}: {str(exc)[:200]})"
         ) from exc
     return client, exp, run_id
+
+
+def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
+    """One quick request to an HTTP tracking server: MLflow's own client retries for minutes."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError as exc:  # it answered: reachable (an auth proxy may refuse /health)
+        if exc.code >= 500:
+            raise ConfigError(f"tracking.uri: the MLflow server at {uri} answered {exc.code}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"tracking.uri: cannot reach the MLflow server at {uri} ({exc})") from None
 
 
 def param_space(spec: StudySpec) -> dict[str, object]:
@@ -135,9 +152,9 @@ def start_launch(spec: StudySpec, store: StudyStore, results: str | None, addres
     todo = spec.search.num_samples - done
     if todo <= 0:
         return Outcome(EXIT_OK, f"study {spec.name!r} already has {done} trials; raise --num-samples to extend it")
+    client, exp, parent = open_parent_run(spec)  # an unreachable store is refused before Ray starts
     with ray_session(address):
         arithmetic = check_resources(spec, address)
-        client, exp, parent = open_parent_run(spec)
         store.save_spec(spec)
         index = len(launches) + 1
         launch = Launch(index, f"launch-{index}", results or store.default_results, spec.search.num_samples, todo)
@@ -185,9 +202,9 @@ def resume_launch(spec: StudySpec, store: StudyStore, address: str | None) -> Ou
         )
     launch = launches[-1]
     path = f"{launch.results.rstrip('/')}/{launch.experiment}"
+    client, _, parent = open_parent_run(spec)
     with ray_session(address):
         print(check_resources(spec, address), flush=True)
-        client, _, parent = open_parent_run(spec)
         if not tune.Tuner.can_restore(path):
             raise ConfigError(f"study {spec.name!r}: no Tune experiment state at {path} to resume")
         print(f"study {spec.name}: resuming {launch.experiment} from {path}", flush=True)

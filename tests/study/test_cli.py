@@ -113,3 +113,14 @@ def test_ui_serves_the_store_on_localhost(tmp_path: Path) -> None:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_unreachable_tracking_server_is_refused_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: x\nmodel: {name: mlp}\nsearch: {space: {train.lr: {uniform: [0.1, 0.2]}}}\n")
+    uri = f"http://127.0.0.1:{_free_port()}"
+    assert main(["run", str(spec), "--storage", str(tmp_path / "st"), "--tracking-uri", uri]) == 2
+    assert "cannot reach the MLflow server" in capsys.readouterr().err
+    assert not (tmp_path / "st").exists()
