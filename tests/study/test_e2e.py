@@ -184,3 +184,33 @@ def test_interrupted_study_resumes_without_duplicates(
     assert len(trials) == 6
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     assert StudyStore(storage, "e2e-resume").launches()[-1].finished is True
+
+
+def test_asha_stops_trials_early_and_optuna_sees_them_pruned(
+    ray_session: None, mlflow_uri: str, storage: Path, tmp_path: Path
+) -> None:
+    """One trial at a time, seeded grid order: the hopeless learning rates reach ASHA's first rung
+    after a good one has set the cut-off and are stopped there."""
+    spec = tiny_spec(
+        tmp_path,
+        "e2e-asha",
+        space={"train.lr": {"grid": [0.05, 1.0e-6, 2.0e-6, 0.04]}},
+        sampler="grid",
+        num_samples=4,
+        max_concurrent=1,
+        scheduler={"asha": {"grace_period": 1, "reduction_factor": 2}},
+    )
+    path = Path(spec)
+    text = yaml.safe_load(path.read_text())
+    text["train"]["epochs"] = 3
+    path.write_text(yaml.safe_dump(text, sort_keys=False))
+    assert main(["run", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_uri]) == 0
+    outcomes = {
+        float(r.data.params["train.lr"]): r.data.tags["fishtune.outcome"] for r in children(mlflow_uri, "e2e-asha")
+    }
+    stopped = [lr for lr, outcome in outcomes.items() if outcome == "early_stopped"]
+    assert stopped and all(lr < 1e-5 for lr in stopped), outcomes
+    states = {t.params["train.lr"]: t.state for t in optuna_trials(storage, "e2e-asha")}
+    for lr in stopped:
+        assert states[lr] == optuna.trial.TrialState.PRUNED
+    assert all(states[lr] == optuna.trial.TrialState.COMPLETE for lr, o in outcomes.items() if o == "completed")
