@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import urllib.error
 import urllib.request
@@ -62,9 +63,13 @@ def ray_session(address: str | None) -> Iterator[None]:
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)  # type: ignore[arg-type]
     else:
         ray.init(address=address, **kwargs)  # type: ignore[arg-type]
+    # Ray's core worker installs a SIGTERM handler that aborts the driver; take SIGTERM back so
+    # that it stops the study like Ctrl-C does (Tune saves its state, exit 130).
+    previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
         yield
     finally:
+        signal.signal(signal.SIGTERM, previous)
         ray.shutdown()
 
 

@@ -153,11 +153,13 @@ def test_seed_replicas_give_one_optuna_trial_per_configuration(
         assert t.value == pytest.approx(mean)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_study_resumes_without_duplicates(
-    ray_session: None, mlflow_uri: str, storage: Path, tmp_path: Path
+    ray_session: None, mlflow_uri: str, storage: Path, tmp_path: Path, signum: int
 ) -> None:
-    """SIGINT to a running `fishtune run` (own local Ray) → exit 130; `resume` finishes it."""
-    spec = tiny_spec(tmp_path, "e2e-resume", num_samples=6, max_concurrent=1)
+    """A signal to a running `fishtune run` (own local Ray) → exit 130; `resume` finishes it."""
+    name = f"e2e-resume-{signal.Signals(signum).name.lower()}"
+    spec = tiny_spec(tmp_path, name, num_samples=6, max_concurrent=1)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "study", "run", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_uri]
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -168,22 +170,22 @@ def test_interrupted_study_resumes_without_duplicates(
         lines.append(line)
         if line.startswith("[2/6]") or time.monotonic() > deadline:
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     rest, _ = proc.communicate(timeout=120)
     output = "".join(lines) + rest
     assert proc.returncode == 130, output
-    assert "fishtune resume e2e-resume" in output
-    assert StudyStore(storage, "e2e-resume").launches()[-1].finished is False
+    assert f"fishtune resume {name}" in output
+    assert StudyStore(storage, name).launches()[-1].finished is False
 
-    assert main(["resume", "e2e-resume", "--storage", str(storage)]) == 0
-    runs = children(mlflow_uri, "e2e-resume")
+    assert main(["resume", name, "--storage", str(storage)]) == 0
+    runs = children(mlflow_uri, name)
     assert len(runs) == 6
     assert len({r.data.tags["fishtune.trial_id"] for r in runs}) == 6
     assert {r.data.tags["fishtune.outcome"] for r in runs} == {"completed"}
-    trials = optuna_trials(storage, "e2e-resume")
+    trials = optuna_trials(storage, name)
     assert len(trials) == 6
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-    assert StudyStore(storage, "e2e-resume").launches()[-1].finished is True
+    assert StudyStore(storage, name).launches()[-1].finished is True
 
 
 def test_asha_stops_trials_early_and_optuna_sees_them_pruned(
@@ -214,3 +216,23 @@ def test_asha_stops_trials_early_and_optuna_sees_them_pruned(
     for lr in stopped:
         assert states[lr] == optuna.trial.TrialState.PRUNED
     assert all(states[lr] == optuna.trial.TrialState.COMPLETE for lr, o in outcomes.items() if o == "completed")
+
+
+def test_failed_trial_shows_its_error_and_exits_1(
+    ray_session: None, mlflow_uri: str, storage: Path, tmp_path: Path
+) -> None:
+    spec = tiny_spec(tmp_path, "e2e-fail", space={"train.lr": {"grid": [0.05]}}, sampler="grid", num_samples=1)
+    text = yaml.safe_load(Path(spec).read_text())
+    text["model"] = {"name": "boom", "hidden": 8, "depth": 1}
+    Path(spec).write_text(yaml.safe_dump(text, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "faults"), "FISHTUNE_TEST_FAULT": "model_raises"}
+    command = [sys.executable, "-m", "study", "run", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_uri]
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "failed" in proc.stdout and "injected fault: this model cannot train" in proc.stdout
+    assert "on node" in proc.stdout
+    (run,) = children(mlflow_uri, "e2e-fail")
+    assert run.data.tags["fishtune.outcome"] == "failed" and run.info.status == "FAILED"
+    assert "injected fault" in run.data.tags["fishtune.error"]
+    (trial,) = optuna_trials(storage, "e2e-fail")
+    assert trial.state == optuna.trial.TrialState.FAIL
