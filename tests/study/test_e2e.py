@@ -115,6 +115,9 @@ def test_study_runs_end_to_end_and_follows_the_mlflow_contract(
     changed = tiny_spec(tmp_path, "e2e", space={"train.lr": {"loguniform": [0.001, 0.1]}})
     assert main(["run", str(changed), "--storage", str(storage), "--tracking-uri", mlflow_uri]) == 2
     assert "different search space" in capsys.readouterr().err
+    new_study = ["--new-study", "e2e-b", "--num-samples", "1"]
+    assert main(["run", str(changed), "--storage", str(storage), "--tracking-uri", mlflow_uri, *new_study]) == 0
+    assert len(children(mlflow_uri, "e2e-b")) == 1 and len(children(mlflow_uri, "e2e")) == 6
 
 
 def test_diverging_trials_are_recorded_and_pruned(
