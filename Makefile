@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fishtune-installed
 
-.PHONY: setup study test lint bench
+.PHONY: setup study test lint bench repro
 
 setup: $(STAMP)
 
@@ -36,3 +36,15 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python -m pip install -q --no-deps "backpack-for-pytorch>=1.7"
 	$(BIN)/python benchmarks/fisher_overhead.py
+
+# The paper's claims in miniature (docs/results.md): each study from scratch in repro/, its
+# analysis in reports/, the plots copied to docs/img/.
+REPRO_STUDIES := repro-correlation
+
+repro: $(STAMP)
+	rm -rf repro && mkdir -p repro docs/img
+	for study in $(REPRO_STUDIES); do \
+		$(BIN)/fishtune run studies/$$study.yaml --storage repro --tracking-uri sqlite:///repro/mlflow.db || exit 1; \
+		$(BIN)/fishtune analyze $$study --tracking-uri sqlite:///repro/mlflow.db --out reports/$$study || exit 1; \
+		for png in reports/$$study/*.png; do cp $$png docs/img/$$study-$$(basename $$png); done; \
+	done

@@ -69,9 +69,13 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     seed: int = 0
+    collapse_after_epoch: int = 3  # chance-level train accuracy after this epoch = diverged (collapse)
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "train.epochs", "an integer ≥ 1", self.epochs)
+        require(
+            self.collapse_after_epoch >= 0, "train.collapse_after_epoch", "an integer ≥ 0", self.collapse_after_epoch
+        )
         require(self.batch_size >= 1, "train.batch_size", "an integer ≥ 1", self.batch_size)
         require(self.lr > 0, "train.lr", "> 0", self.lr)
         require(0 <= self.momentum < 1, "train.momentum", "in [0, 1)", self.momentum)

@@ -6,8 +6,10 @@ to checkpoint. Passing a report's ``state`` back resumes exactly after that epoc
 or before it is logged again.
 
 Divergence (design.md §4): a non-finite loss or parameter stops the trial at once
-(``nonfinite``); a train accuracy ≤ 1.5/C at the end of an epoch after epoch 3 is a network
-that collapsed without NaN (``collapse``). The last report of a diverged trial carries the last
+(``nonfinite``); a train accuracy (over the epoch) ≤ 1.5/C at the end of an epoch after epoch
+``train.collapse_after_epoch`` (default 3) is a network that collapsed without NaN
+(``collapse``). Very small learning rates can sit at chance for longer than 3 epochs before
+they start to learn; studies of them raise that epoch. The last report of a diverged trial carries the last
 finite objective.
 """
 
@@ -32,7 +34,6 @@ from trainables.models import build_model
 from trainables.penalties import make_penalty
 
 Outcome = Literal["running", "completed", "diverged"]
-COLLAPSE_AFTER_EPOCH = 3
 
 
 @dataclass(slots=True)
@@ -137,6 +138,7 @@ def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None =
         model.train()
         order = torch.randperm(n_train, generator=seeded_generator(cfg.train.seed, epoch, 1)).to(device)
         reason: str | None = None
+        epoch_correct = 0
         for batch in order.split(cfg.train.batch_size):
             x, y = splits.train_x[batch], splits.train_y[batch]
             logits = model(x)
@@ -149,7 +151,9 @@ def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None =
             if not (math.isfinite(loss.item()) and math.isfinite(pen.item())):
                 reason = "nonfinite"
                 break
-            window.add(loss.item(), pen.item(), int((logits.argmax(1) == y).sum()), len(y))
+            correct = int((logits.argmax(1) == y).sum())
+            epoch_correct += correct
+            window.add(loss.item(), pen.item(), correct, len(y))
             if cfg.fisher.schedule.is_logged(step, steps_per_epoch):
                 if not _finite_model(model, probe_x):
                     reason = "nonfinite"
@@ -165,8 +169,8 @@ def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None =
             reason = "nonfinite"  # e.g. logits so large that the evaluation loss overflows
         if reason is None:
             best_test = max(best_test, epoch_metrics["test_accuracy"])
-            train_acc = curves["train_accuracy"][-1][1]
-            if epoch + 1 > COLLAPSE_AFTER_EPOCH and train_acc <= 1.5 / info.num_classes:
+            train_acc = epoch_correct / n_train  # over the whole epoch: steadier than the last window
+            if epoch + 1 > cfg.train.collapse_after_epoch and train_acc <= 1.5 / info.num_classes:
                 reason = "collapse"
         if reason is not None:
             yield _diverged_report(epoch, step, reason, last_objective, curves, history, best_test, cfg)

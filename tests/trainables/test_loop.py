@@ -66,10 +66,9 @@ def test_huge_lr_diverges_nonfinite_with_last_finite_objective() -> None:
     assert not last.state  # nothing to checkpoint
 
 
-def test_collapse_without_nan_is_diverged(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_collapse_without_nan_is_diverged() -> None:
     """A network at chance accuracy after epoch 3 is diverged even if every loss is finite."""
     cfg = config(**{"train.epochs": 5, "train.lr": 1e-9, "penalty.kind": "none", "penalty.coef": 0.0})
-    monkeypatch.setattr("trainables.loop.COLLAPSE_AFTER_EPOCH", 3)
     reports = run(cfg)
     train_acc = reports[-1].curves["train_accuracy"][-1][1]
     if train_acc > 0.15:
@@ -93,3 +92,9 @@ def test_per_layer_and_empirical_traces_are_logged_when_asked() -> None:
     for (_, total), *parts in zip(curves["fisher_trace"], *(curves[k] for k in sorted(layers)), strict=True):
         assert sum(v for _, v in parts) == pytest.approx(total, rel=1e-6)  # float32 sums
     assert [s for s, _ in curves["fisher_trace_empirical"]] == [s for s, _ in curves["fisher_trace"]]
+
+
+def test_collapse_epoch_is_configurable() -> None:
+    cfg = config(**{"train.epochs": 5, "train.lr": 1e-9, "penalty.kind": "none", "penalty.coef": 0.0})
+    patient = run(TrialConfig.from_mapping(unflatten(cfg.flat() | {"train.collapse_after_epoch": 5})))
+    assert [r.outcome for r in patient][-1] == "completed"
