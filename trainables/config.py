@@ -32,9 +32,12 @@ class DataConfig:
     seed: int = 0
     cache_dir: str = "~/.cache/fishtune"
     augment: bool = False
+    train_size: int | None = None  # a seeded subset of the training split (None: all of it)
 
     def __post_init__(self) -> None:
         dataset_info(self.name)
+        if self.train_size is not None:
+            require(self.train_size >= 1, "data.train_size", "an integer ≥ 1", self.train_size)
         require(0 < self.val_fraction < 1, "data.val_fraction", "in (0, 1)", self.val_fraction)
         require(0 <= self.label_noise < 1, "data.label_noise", "in [0, 1)", self.label_noise)
         require(not self.augment, "data.augment", "false (no augmentation for this data set yet)", self.augment)

@@ -78,9 +78,11 @@ def load(
     label_noise: float,
     seed: int,
     cache_dir: str,
+    train_size: int | None = None,
     device: torch.device | str = "cpu",
 ) -> Splits:
-    """Load, split, corrupt (label noise on train only), standardise and move to ``device``."""
+    """Load, split, subsample (``train_size``), corrupt (label noise on train only),
+    standardise and move to ``device``."""
     info = dataset_info(name)
     raw = info.loader(cache_dir)
     n = len(raw.y)
@@ -90,6 +92,8 @@ def load(
     rest = rest[np.random.default_rng(seed).permutation(len(rest))]
     n_val = max(1, round(val_fraction * len(rest)))
     val_idx, train_idx = rest[:n_val], rest[n_val:]
+    if train_size is not None:  # the first train_size of the seeded order: nested across sizes
+        train_idx = train_idx[:train_size]
 
     train_y = raw.y[train_idx].copy()
     noisy = _corrupt(train_y, label_noise, info.num_classes, seed)

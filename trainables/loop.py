@@ -84,6 +84,7 @@ def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None =
         label_noise=cfg.data.label_noise,
         seed=cfg.data.seed,
         cache_dir=cfg.data.cache_dir,
+        train_size=cfg.data.train_size,
         device=device,
     )
     info = datasets.dataset_info(cfg.data.name)
