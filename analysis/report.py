@@ -95,7 +95,13 @@ def aggregates(used: pd.DataFrame, keys: list[str]) -> list[dict[str, Any]]:
         values = values if isinstance(values, tuple) else (values,)
         row: dict[str, Any] = dict(zip(keys, values, strict=True))
         row["n"] = len(group)
-        for name in ("final_test_accuracy", "best_test_accuracy", "early_fisher_trace", "fisher_peak"):
+        for name in (
+            "final_val_accuracy",
+            "final_test_accuracy",
+            "best_test_accuracy",
+            "early_fisher_trace",
+            "fisher_peak",
+        ):
             row[f"{name}_mean"] = _clean(group[name].mean())
             row[f"{name}_std"] = _clean(group[name].std(ddof=1)) if len(group) > 1 else None
         out.append(row)
