@@ -39,7 +39,7 @@ bench: $(STAMP)
 
 # The paper's claims in miniature (docs/results.md): each study from scratch in repro/, its
 # analysis in reports/, the plots copied to docs/img/.
-REPRO_STUDIES := repro-correlation
+REPRO_STUDIES := repro-correlation repro-fp-baselines repro-fp-fisher repro-fp-gp repro-fp-gpx repro-fp-gpr
 
 repro: $(STAMP)
 	rm -rf repro && mkdir -p repro docs/img
