@@ -61,12 +61,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _tracking_uri(args: argparse.Namespace, name: str | None) -> str:
-    """--tracking-uri, else the stored study's, else the default store in the working directory."""
+    """--tracking-uri, else the stored study's, else the default store in the working directory.
+
+    For the commands that only read the store, a SQLite file must exist: opening a mistyped
+    path would create an empty database.
+    """
     if args.tracking_uri:
-        return Tracking(uri=args.tracking_uri).resolved(Path.cwd()).uri
-    if name is not None:
-        return StudyStore(args.storage, name).load_spec().tracking.uri
-    return Tracking().resolved(Path.cwd()).uri
+        uri = Tracking(uri=args.tracking_uri).resolved(Path.cwd()).uri
+    elif name is not None:
+        uri = StudyStore(args.storage, name).load_spec().tracking.uri
+    else:
+        uri = Tracking().resolved(Path.cwd()).uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(f"tracking.uri: no MLflow database at {uri.removeprefix('sqlite:///')}")
+    return uri
 
 
 def _check_address(address: str | None) -> None:
@@ -97,6 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.new_study:
         overrides["name"] = args.new_study
     spec = load_spec(args.spec, overrides)
+    args.name = spec.name  # for the interrupt message
     spec = dataclasses.replace(spec, tracking=spec.tracking.resolved(Path.cwd()))
     _check_address(args.address)
     _check_local_gpu(spec, args.address)

@@ -78,10 +78,12 @@ def check_resources(spec: StudySpec, address: str | None) -> str:
     total = ray.cluster_resources()
     cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
     res = spec.resources
-    if res.cpu > cpus:
-        raise ConfigError(f"resources.cpu: {res.cpu} per trial, but the cluster has {cpus:g} CPUs")
-    if res.gpu > gpus:
-        raise ConfigError(f"resources.gpu: {res.gpu} per trial, but the cluster has {gpus:g} GPUs")
+    for name, need, have in (("cpu", res.cpu, cpus), ("gpu", res.gpu, gpus)):
+        if need > have:
+            message = f"resources.{name}: {need:g} per trial, but the cluster has {have:g} {name.upper()}s now"
+            if address is None:  # a local Ray never grows
+                raise ConfigError(message)
+            log.warning("%s; trials stay pending until the autoscaler adds nodes", message)
     fit = int(cpus // res.cpu)
     if res.gpu:
         fit = min(fit, int(gpus // res.gpu))
@@ -110,7 +112,6 @@ def _git_commit() -> str:
 
 def open_parent_run(spec: StudySpec) -> tuple[MlflowClient, str, str]:
     """Connect to the tracking store (a user error if unreachable) and get the parent run."""
-    check_reachable(spec.tracking.uri)
     client = MlflowClient(spec.tracking.uri)
     try:
         exp = experiment_id(client, spec)
@@ -157,9 +158,10 @@ def start_launch(spec: StudySpec, store: StudyStore, results: str | None, addres
     todo = spec.search.num_samples - done
     if todo <= 0:
         return Outcome(EXIT_OK, f"study {spec.name!r} already has {done} trials; raise --num-samples to extend it")
-    client, exp, parent = open_parent_run(spec)  # an unreachable store is refused before Ray starts
+    check_reachable(spec.tracking.uri)  # an unreachable store is refused before Ray starts
     with ray_session(address):
         arithmetic = check_resources(spec, address)
+        client, exp, parent = open_parent_run(spec)  # MLflow is written only once every check passed
         store.save_spec(spec)
         index = len(launches) + 1
         launch = Launch(index, f"launch-{index}", results or store.default_results, spec.search.num_samples, todo)
@@ -207,14 +209,25 @@ def resume_launch(spec: StudySpec, store: StudyStore, address: str | None) -> Ou
         )
     launch = launches[-1]
     path = f"{launch.results.rstrip('/')}/{launch.experiment}"
-    client, _, parent = open_parent_run(spec)
+    check_reachable(spec.tracking.uri)
     with ray_session(address):
         print(check_resources(spec, address), flush=True)
         if not tune.Tuner.can_restore(path):
             raise ConfigError(f"study {spec.name!r}: no Tune experiment state at {path} to resume")
+        client, _, parent = open_parent_run(spec)
         print(f"study {spec.name}: resuming {launch.experiment} from {path}", flush=True)
         tuner = tune.Tuner.restore(path, trainable(spec), resume_unfinished=True, param_space=param_space(spec))
         return _finish(spec, store, client, parent, tuner)
+
+
+def tracking_callbacks(tuner: tune.Tuner) -> list[MlflowTracking]:
+    """The tuner's MLflow callbacks, restored ones included, to flush what they buffered.
+
+    Tune keeps the (possibly unpickled) run config on its private ``TunerInternal`` (Ray 2.60).
+    """
+    internal = getattr(tuner, "_local_tuner", None)
+    callbacks = getattr(getattr(internal, "_run_config", None), "callbacks", None) or []
+    return [cb for cb in callbacks if isinstance(cb, MlflowTracking)]
 
 
 def _scheduler(spec: StudySpec) -> ASHAScheduler | None:
@@ -236,6 +249,7 @@ def _finish(spec: StudySpec, store: StudyStore, client: MlflowClient, parent: st
     interrupted = True
     try:
         grid = tuner.fit()
+        unwritten = sum(cb.flush() for cb in tracking_callbacks(tuner))
         launches = store.launches()
         finished = grid.num_terminated + grid.num_errors
         interrupted = finished < launches[-1].num_samples
@@ -249,6 +263,10 @@ def _finish(spec: StudySpec, store: StudyStore, client: MlflowClient, parent: st
     if interrupted:
         return Outcome(
             EXIT_INTERRUPTED, f"study {spec.name} interrupted; state saved. Continue with: fishtune resume {spec.name}"
+        )
+    if unwritten:
+        return Outcome(
+            EXIT_FAILED, f"study {spec.name}: {unwritten} batch(es) of metrics could not be written to MLflow"
         )
     if grid.num_errors:
         return Outcome(EXIT_FAILED, f"study {spec.name} finished; {grid.num_errors} trial(s) failed (errors above)")

@@ -255,7 +255,15 @@ def _parse_search(data: Any, trial: TrialConfig) -> SearchSpec:
         path = f"search.space.{dotted}"
         if dotted not in fields:
             raise ConfigError(f"{path}: not a trial field; searchable fields are {sorted(fields)}")
+        if dotted == "model.name":
+            raise ConfigError(f"{path}: models have different options; run one study per model instead")
         domain = Domain.parse(raw, path)
+        if (
+            domain.kind in ("uniform", "loguniform")
+            and isinstance(fields[dotted], int)
+            and not isinstance(fields[dotted], bool)
+        ):
+            raise ConfigError(f"{path}: {dotted} is an integer field; use {{int: [lo, hi]}} (or a choice/grid)")
         for value in domain.endpoints():
             try:
                 trial.with_value(str(dotted), value)

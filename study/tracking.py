@@ -157,7 +157,8 @@ class MlflowTracking(Callback):
             for step, value in points
         ]
         step = int(result["step"])
-        metrics += [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result]
+        if result.get("fishtune_outcome") != "diverged":  # a diverged report repeats an older epoch's values
+            metrics += [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result]
         metrics += [Metric(k, float(v), now, step) for k, v in result.get("summary", {}).items()]
         tags = [
             RunTag("fishtune.node", str(result.get("node_ip", ""))),
@@ -179,10 +180,10 @@ class MlflowTracking(Callback):
         if errored:
             tags.append(RunTag("fishtune.error", error_summary(trial)[-5000:]))
         self._write(run_id, [], tags)
-        if self.flush() == 0:  # every point is in the store: snapshot the curves for fast reads
+        if self.flush() == 0:  # every point is in the store: snapshot the curves, close the run
             self._log_curves(run_id)
-        status = RunStatus.FAILED if errored else RunStatus.FINISHED
-        self.client.set_terminated(run_id, status=RunStatus.to_string(status))
+            status = RunStatus.FAILED if errored else RunStatus.FINISHED
+            self.client.set_terminated(run_id, status=RunStatus.to_string(status))
 
     def _log_curves(self, run_id: str) -> None:
         """All step-level curves of the run as one ``curves.parquet`` artifact (column per metric).

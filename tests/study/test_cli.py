@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from study.cli import main
 
@@ -90,6 +91,9 @@ def _free_port() -> int:
 def test_ui_serves_the_store_on_localhost(tmp_path: Path) -> None:
     port = _free_port()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["ui", "--tracking-uri", uri]) == 2  # no database there yet: nothing is created
+    assert not (tmp_path / "mlflow.db").exists()
+    MlflowClient(uri).search_experiments()  # creates the store
     proc = subprocess.Popen(
         [sys.executable, "-m", "study", "ui", "--tracking-uri", uri, "--port", str(port)],
         stdout=subprocess.PIPE,

@@ -65,6 +65,16 @@ BAD: list[tuple[str, str, str]] = [
         GOOD.replace("train.lr: {loguniform: [1.0e-3, 1.0e-1]}", "train.epochs: {int: [1.5, 3]}"),
         "integers",
     ),
+    (
+        "uniform on an integer field",
+        GOOD.replace("train.lr: {loguniform: [1.0e-3, 1.0e-1]}", "train.batch_size: {uniform: [16, 64]}"),
+        "integer field",
+    ),
+    (
+        "searching the model",
+        GOOD.replace("train.lr: {loguniform: [1.0e-3, 1.0e-1]}", "model.name: {choice: [mlp, simple_cnn]}"),
+        "one study per model",
+    ),
     ("num_samples zero", GOOD + "  num_samples: 0\n", "search.num_samples"),
     ("max_concurrent zero", GOOD + "  max_concurrent: 0\n", "search.max_concurrent"),
     ("metric test", GOOD + "  metric: test_accuracy\n", "search.metric"),
