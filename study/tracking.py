@@ -164,6 +164,8 @@ class MlflowTracking(Callback):
             RunTag("fishtune.node", str(result.get("node_ip", ""))),
             RunTag("fishtune.device", str(result.get("fishtune_device", ""))),
         ]
+        if result.get("fishtune_device_note"):
+            tags.append(RunTag("fishtune.device_note", result["fishtune_device_note"]))
         if result.get("fishtune_diverged_reason"):
             tags.append(RunTag("fishtune.diverged_reason", result["fishtune_diverged_reason"]))
         self._write(self.run_id(trial), metrics, tags)

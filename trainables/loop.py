@@ -127,7 +127,7 @@ def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None =
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         penalty.load_state_dict(state["penalty"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # the checkpoint may have been mapped to a GPU
         step, start_epoch, best_test = state["step"], state["epoch"], state["best_test"]
         history, last_objective = state["history"], state["last_objective"]
     else:
@@ -145,6 +145,8 @@ def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None =
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             pen = penalty(model, x, y, logits, seeded_generator(cfg.train.seed, step, 2))
+            if penalty.recomputed and penalty.batch_trace is not None:  # at θ after `step` steps
+                log(step, {"fisher_trace_batch": penalty.batch_trace})
             optimizer.zero_grad(set_to_none=True)
             (loss + pen).backward()
             optimizer.step()
@@ -159,10 +161,7 @@ def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None =
                 if not _finite_model(model, probe_x):
                     reason = "nonfinite"
                     break
-                point = {"epoch": step / steps_per_epoch, **window.means(), **measure(step)}
-                if penalty.batch_trace is not None:
-                    point["fisher_trace_batch"] = penalty.batch_trace
-                log(step, point)
+                log(step, {"epoch": step / steps_per_epoch, **window.means(), **measure(step)})
                 window = _Window()
 
         epoch_metrics = _epoch_metrics(model, splits) if reason is None else {}

@@ -46,6 +46,7 @@ class Penalty(nn.Module, abc.ABC):
         self.calls = 0
         self.value = 0.0  # last computed penalty (with coef)
         self.batch_trace: float | None = None  # ‖ḡ‖² when the Fisher penalty computed it
+        self.recomputed = False  # whether the last call computed the penalty afresh
         self._grads: list[torch.Tensor] = []
 
     def prepare(self, model: nn.Module, example_inputs: torch.Tensor) -> None:
@@ -73,6 +74,7 @@ class Penalty(nn.Module, abc.ABC):
         params = [*_params(model), *(p for p in self.parameters() if p.requires_grad)]
         recompute = self.calls % self.recompute_every == 0
         self.calls += 1
+        self.recomputed = recompute
         if recompute:
             self.batch_trace = None
             penalty = self.coef * self.compute(model, inputs, labels, logits, generator)

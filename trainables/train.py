@@ -21,16 +21,16 @@ STATE_FILE = "state.pt"
 
 
 def trial_device() -> tuple[torch.device, str]:
-    """The device this trial runs on, and its name for the ``fishtune.device`` tag.
+    """The device this trial runs on, and a note when it is not the one Ray assigned.
 
     A trial given a (logical) GPU that torch cannot see runs on CPU and says so.
     """
     gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
     if gpu_ids and torch.cuda.is_available():
-        return torch.device("cuda", 0), "cuda:0"
+        return torch.device("cuda", 0), ""
     if gpu_ids:
-        return torch.device("cpu"), f"cpu (Ray assigned GPU {gpu_ids[0]} but torch sees no CUDA device)"
-    return torch.device("cpu"), "cpu"
+        return torch.device("cpu"), f"Ray assigned GPU {gpu_ids[0]} but torch sees no CUDA device: ran on CPU"
+    return torch.device("cpu"), ""
 
 
 def _set_threads() -> None:
@@ -40,7 +40,7 @@ def _set_threads() -> None:
     torch.set_num_threads(max(1, int(cpus)))
 
 
-def to_result(report: EpochReport, device_name: str) -> dict[str, Any]:
+def to_result(report: EpochReport, device: torch.device, note: str) -> dict[str, Any]:
     """The dict given to ``tune.report``; the driver's tracking callback reads these keys."""
     return {
         **report.metrics,
@@ -48,7 +48,8 @@ def to_result(report: EpochReport, device_name: str) -> dict[str, Any]:
         "step": report.step,
         "fishtune_outcome": report.outcome,
         "fishtune_diverged_reason": report.diverged_reason or "",
-        "fishtune_device": device_name,
+        "fishtune_device": "cpu" if device.type == "cpu" else f"{device.type}:{device.index or 0}",
+        "fishtune_device_note": note,
         "curves": report.curves,
         "summary": report.summary,
     }
@@ -57,13 +58,13 @@ def to_result(report: EpochReport, device_name: str) -> dict[str, Any]:
 def fishtune_trainable(config: dict[str, Any]) -> None:
     cfg = TrialConfig.from_tune(config)
     _set_threads()
-    device, device_name = trial_device()
+    device, note = trial_device()
     state = None
     if (checkpoint := tune.get_checkpoint()) is not None:
         with checkpoint.as_directory() as d:
             state = torch.load(os.path.join(d, STATE_FILE), map_location=device, weights_only=True)
     for report in train(cfg, device, state):
-        result = to_result(report, device_name)
+        result = to_result(report, device, note)
         if not report.state:
             tune.report(result)
             continue
