@@ -3,14 +3,15 @@
 Outcomes (design.md §4): a completed trial is COMPLETE with its last objective; an
 early-stopped (ASHA) or diverged trial is PRUNED, so TPE learns from its intermediate values
 without mistaking a truncated run for a finished one (Ray's OptunaSearch would say COMPLETE);
-a failed trial is FAIL. Replicated seeds wrap the searcher in Ray's ``Repeater``: Optuna sees
-one trial per configuration, valued at the replicas' mean.
+a failed trial is FAIL. Replicated seeds wrap the searcher in a ``Repeater``: Optuna sees one
+trial per configuration, valued at the replicas' mean, in the state of its worst replica.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from ray.tune.search import Repeater, Searcher
@@ -62,6 +63,36 @@ class FishtuneOptunaSearch(OptunaSearch):
                 raise
 
 
+class OutcomeRepeater(Repeater):
+    """Ray's Repeater, telling the searcher the replicas' worst outcome besides their mean.
+
+    Ray's own passes only ``{metric: mean}``, so a configuration with a diverged or failed
+    replica would reach Optuna as COMPLETE. Here: any failed replica → FAIL; otherwise any
+    replica that did not complete (diverged, stopped early) → PRUNED; else COMPLETE.
+    """
+
+    def __init__(self, searcher: Searcher, repeat: int) -> None:
+        super().__init__(searcher, repeat=repeat, set_index=True)
+        self._outcomes: dict[str, list[str]] = {}
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False, **kwargs: Any
+    ) -> None:
+        group = self._trial_id_to_group[trial_id]
+        outcomes = self._outcomes.setdefault(group.primary_trial_id, [])
+        outcomes.append("failed" if error else str((result or {}).get(OUTCOME_KEY, "completed")))
+        metric = self.searcher.metric
+        group.report(trial_id, (result or {}).get(metric, np.nan))
+        if not group.finished_reporting():
+            return
+        if "failed" in outcomes:
+            self.searcher.on_trial_complete(group.primary_trial_id, result=None, error=True)
+            return
+        outcome = "completed" if all(o == "completed" for o in outcomes) else "diverged"
+        summary = {metric: float(np.nanmean(group.scores())), OUTCOME_KEY: outcome}
+        self.searcher.on_trial_complete(group.primary_trial_id, result=summary, error=False)
+
+
 def build_searcher(search: SearchSpec, study_name: str, storage_url: str) -> Searcher:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(storage_url)
@@ -75,5 +106,5 @@ def build_searcher(search: SearchSpec, study_name: str, storage_url: str) -> Sea
         storage=storage,
     )
     if search.seeds:
-        searcher = Repeater(searcher, repeat=len(search.seeds), set_index=True)
+        searcher = OutcomeRepeater(searcher, repeat=len(search.seeds))
     return searcher

@@ -54,3 +54,39 @@ def test_failed_trial_is_fail(tmp_path: Path) -> None:
     searcher.suggest("a")
     searcher.on_trial_complete("a", None, error=True)
     assert optuna.load_study(study_name="s", storage=url).trials[0].state == optuna.trial.TrialState.FAIL
+
+
+SEEDED = """
+name: s
+model: {name: mlp}
+search:
+  space: {train.lr: {grid: [0.01, 0.1]}, train.seed: {grid: [0, 1]}}
+  sampler: grid
+  num_samples: 4
+"""
+
+
+@pytest.mark.parametrize(
+    ("second", "state"),
+    [
+        ({"fishtune_outcome": "completed"}, optuna.trial.TrialState.COMPLETE),
+        ({"fishtune_outcome": "diverged"}, optuna.trial.TrialState.PRUNED),
+        (None, optuna.trial.TrialState.FAIL),
+    ],
+)
+def test_replicas_report_their_worst_outcome(tmp_path: Path, second: dict | None, state: optuna.trial.TrialState) -> None:
+    spec = parse_spec(yaml.safe_load(SEEDED))
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = build_searcher(spec.search, "s", url)
+    searcher.set_search_properties("val_accuracy", "max", {})
+    configs = [searcher.suggest(t) for t in ("a", "b")]
+    assert [c["__trial_index__"] for c in configs] == [0, 1] and configs[0]["train.lr"] == configs[1]["train.lr"]
+    searcher.on_trial_complete("a", {"val_accuracy": 0.8, "fishtune_outcome": "completed"})
+    if second is None:
+        searcher.on_trial_complete("b", None, error=True)
+    else:
+        searcher.on_trial_complete("b", {"val_accuracy": 0.6, **second})
+    (trial,) = optuna.load_study(study_name="s", storage=url).trials
+    assert trial.state == state
+    if state == optuna.trial.TrialState.COMPLETE:
+        assert trial.value == pytest.approx(0.7)
