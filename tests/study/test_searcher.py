@@ -74,7 +74,9 @@ search:
         (None, optuna.trial.TrialState.FAIL),
     ],
 )
-def test_replicas_report_their_worst_outcome(tmp_path: Path, second: dict | None, state: optuna.trial.TrialState) -> None:
+def test_replicas_report_their_worst_outcome(
+    tmp_path: Path, second: dict | None, state: optuna.trial.TrialState
+) -> None:
     spec = parse_spec(yaml.safe_load(SEEDED))
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     searcher = build_searcher(spec.search, "s", url)
