@@ -40,7 +40,10 @@ def resolve_epsilon(study: StudyData, epsilon: float | None) -> float:
 
 
 def build_report(study: StudyData, table: pd.DataFrame, epsilon: float) -> dict[str, Any]:
-    used = table[table["outcome"] == "completed"]
+    # A canonical order (configuration, then seed), so the seeded bootstrap does not depend on
+    # the order in which trials happened to finish.
+    keys = [k for k in (*study.searched, "seed") if k in table]
+    used = table[table["outcome"] == "completed"].sort_values([*keys, "trial_id"], kind="stable")
     report: dict[str, Any] = {
         "study": study.name,
         "epsilon": epsilon,
