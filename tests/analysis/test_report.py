@@ -201,3 +201,18 @@ def test_statistics_agree_with_scipy() -> None:
     for name, method in METHODS.items():
         expected = [method.test(np.log(x[i]) if method.log_x else x[i], y[i]).statistic for i in idx]
         np.testing.assert_allclose(method.rows(x, y, idx), expected, rtol=1e-10, err_msg=name)
+
+
+def test_partial_correlation_removes_the_covariate() -> None:
+    from analysis.stats import partial_correlation
+
+    rng = np.random.default_rng(0)
+    lr = np.log(np.repeat([1e-3, 1e-2, 1e-1], 6))
+    noise = rng.normal(size=18)
+    measure = np.exp(-lr + 0.01 * rng.normal(size=18))  # Tr(F) decided by lr alone
+    accuracy = 0.9 + 0.01 * lr + 0.001 * noise
+    block = partial_correlation(measure, accuracy, lr, rank=False)
+    assert abs(block["r"]) < 0.6 and block["p"] > 0.01  # nothing left once lr is removed
+    informative = np.exp(-lr + noise)  # Tr(F) also carries the accuracy's own noise
+    block = partial_correlation(informative, accuracy, lr, rank=True)
+    assert block["r"] > 0.8 and block["ci95"][0] <= block["r"] <= block["ci95"][1]
