@@ -16,11 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from study import exit_codes
 from study.spec import NAME_PATTERN, StudySpec, Tracking, load_spec
 from study.store import StudyStore
 from trainables.schema import ConfigError
-
-EXIT_USER, EXIT_INTERRUPTED = 2, 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -136,13 +135,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     uri = _tracking_uri(args, None if args.tracking_uri else args.name)
     from mlflow.tracking import MlflowClient
 
-    from study.status import format_table, trials_table
+    from study.status import format_outcomes, format_table, trials_table
 
     table = trials_table(MlflowClient(uri), args.name)
     print(f"study {args.name} ({uri})")
     print(format_table(table))
     if not table.empty:
-        print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(table["outcome"].value_counts().items())))
+        print(format_outcomes(table))
     return 0
 
 
@@ -210,11 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"fishtune: {exc}", file=sys.stderr)
-        return EXIT_USER
+        return exit_codes.USER_ERROR
     except KeyboardInterrupt:
         name = getattr(args, "name", None) or "NAME"
         print(f"fishtune: interrupted; continue with: fishtune resume {name}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_codes.INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
+from study import exit_codes
 from study.progress import ProgressPrinter
 from study.searcher import build_searcher
 from study.spec import StudySpec
@@ -39,7 +40,6 @@ from trainables.train import fishtune_trainable
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
 WORKER_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 MAX_FAILURES = 2  # retries of a trial from its last checkpoint (lost workers, preemption)
 
@@ -157,7 +157,9 @@ def start_launch(spec: StudySpec, store: StudyStore, results: str | None, addres
     done = launches[-1].total_samples if launches else 0
     todo = spec.search.num_samples - done
     if todo <= 0:
-        return Outcome(EXIT_OK, f"study {spec.name!r} already has {done} trials; raise --num-samples to extend it")
+        return Outcome(
+            exit_codes.OK, f"study {spec.name!r} already has {done} trials; raise --num-samples to extend it"
+        )
     check_reachable(spec.tracking.uri)  # an unreachable store is refused before Ray starts
     with ray_session(address):
         arithmetic = check_resources(spec, address)
@@ -205,7 +207,8 @@ def resume_launch(spec: StudySpec, store: StudyStore, address: str | None) -> Ou
     launches = store.launches()
     if not launches or launches[-1].finished:
         return Outcome(
-            EXIT_OK, f"study {spec.name!r} has nothing to resume; extend it with `fishtune run SPEC --num-samples N`"
+            exit_codes.OK,
+            f"study {spec.name!r} has nothing to resume; extend it with `fishtune run SPEC --num-samples N`",
         )
     launch = launches[-1]
     path = f"{launch.results.rstrip('/')}/{launch.experiment}"
@@ -262,12 +265,15 @@ def _finish(spec: StudySpec, store: StudyStore, client: MlflowClient, parent: st
     print_summary(client, spec.name)
     if interrupted:
         return Outcome(
-            EXIT_INTERRUPTED, f"study {spec.name} interrupted; state saved. Continue with: fishtune resume {spec.name}"
+            exit_codes.INTERRUPTED,
+            f"study {spec.name} interrupted; state saved. Continue with: fishtune resume {spec.name}",
         )
     if unwritten:
         return Outcome(
-            EXIT_FAILED, f"study {spec.name}: {unwritten} batch(es) of metrics could not be written to MLflow"
+            exit_codes.FAILED, f"study {spec.name}: {unwritten} batch(es) of metrics could not be written to MLflow"
         )
     if grid.num_errors:
-        return Outcome(EXIT_FAILED, f"study {spec.name} finished; {grid.num_errors} trial(s) failed (errors above)")
-    return Outcome(EXIT_OK, f"study {spec.name} finished")
+        return Outcome(
+            exit_codes.FAILED, f"study {spec.name} finished; {grid.num_errors} trial(s) failed (errors above)"
+        )
+    return Outcome(exit_codes.OK, f"study {spec.name} finished")

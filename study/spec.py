@@ -38,10 +38,6 @@ class Domain:
     def is_categorical(self) -> bool:
         return self.kind in ("choice", "grid")
 
-    def endpoints(self) -> tuple[Any, ...]:
-        """The values to validate against the trial field: bounds or every option."""
-        return self.values
-
     def to_yaml(self) -> dict[str, list[Any]]:
         return {self.kind: list(self.values)}
 
@@ -264,7 +260,7 @@ def _parse_search(data: Any, trial: TrialConfig) -> SearchSpec:
             and not isinstance(fields[dotted], bool)
         ):
             raise ConfigError(f"{path}: {dotted} is an integer field; use {{int: [lo, hi]}} (or a choice/grid)")
-        for value in domain.endpoints():
+        for value in domain.values:  # bounds of a range, or every option
             try:
                 trial.with_value(str(dotted), value)
             except ConfigError as exc:

@@ -55,9 +55,13 @@ def format_table(table: pd.DataFrame) -> str:
     return table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="—")
 
 
+def format_outcomes(table: pd.DataFrame) -> str:
+    """``outcomes: completed 10, diverged 2``."""
+    return "outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(table["outcome"].value_counts().items()))
+
+
 def print_summary(client: MlflowClient, study: str) -> None:
     table = trials_table(client, study)
     print(f"\n{format_table(table)}")
     if not table.empty:
-        counts = table["outcome"].value_counts().to_dict()
-        print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        print(format_outcomes(table))
