@@ -41,7 +41,13 @@ from trainables.train import fishtune_trainable
 log = logging.getLogger(__name__)
 
 WORKER_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
-MAX_FAILURES = 2  # retries of a trial from its last checkpoint (lost workers, preemption)
+# Retries of a trial from its last checkpoint after a lost worker or node, or a transient error
+# (trainables/train.py); preempted nodes do not count, errors in the trial's code are not retried.
+MAX_FAILURES = 3
+DRAIN_TIMEOUT_S = 120.0  # at the end of a launch, how long to wait for an unreachable MLflow store
+# The queue in study/tracking.py retries failed writes; MLflow's own client would block the
+# driver for minutes per call (7 retries with exponential backoff) while a server is down.
+MLFLOW_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +60,8 @@ class Outcome:
 def ray_session(address: str | None) -> Iterator[None]:
     """Use Ray if this process already initialised it; else start (or join) and shut it down."""
     os.environ.update(WORKER_ENV)
+    for key, value in MLFLOW_CLIENT_ENV.items():
+        os.environ.setdefault(key, value)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; ProgressPrinter prints
     if ray.is_initialized():
         yield
@@ -71,6 +79,25 @@ def ray_session(address: str | None) -> Iterator[None]:
     finally:
         signal.signal(signal.SIGTERM, previous)
         ray.shutdown()
+
+
+def replay_unwritten(spec: StudySpec, store: StudyStore, client: MlflowClient, parent: str) -> None:
+    """Write what an earlier launch could not store in MLflow (kept in the study folder)."""
+    if not store.unwritten_path.is_file():
+        return
+    tracking = MlflowTracking(spec.tracking.uri, experiment_id(client, spec), parent)
+    left = tracking.replay(store.unwritten_path)
+    if left:
+        tracking.save_pending(store.unwritten_path)
+        raise RuntimeError(f"MLflow refused {left} saved write(s) from {store.unwritten_path}")
+    print(f"study {spec.name}: wrote the MLflow data an earlier launch had kept in {store.unwritten_path}", flush=True)
+
+
+def _replay_without_launch(spec: StudySpec, store: StudyStore) -> None:
+    if store.unwritten_path.is_file():
+        check_reachable(spec.tracking.uri)
+        client, _, parent = open_parent_run(spec)
+        replay_unwritten(spec, store, client, parent)
 
 
 def check_resources(spec: StudySpec, address: str | None) -> str:
@@ -157,6 +184,7 @@ def start_launch(spec: StudySpec, store: StudyStore, results: str | None, addres
     done = launches[-1].total_samples if launches else 0
     todo = spec.search.num_samples - done
     if todo <= 0:
+        _replay_without_launch(spec, store)
         return Outcome(
             exit_codes.OK, f"study {spec.name!r} already has {done} trials; raise --num-samples to extend it"
         )
@@ -164,6 +192,7 @@ def start_launch(spec: StudySpec, store: StudyStore, results: str | None, addres
     with ray_session(address):
         arithmetic = check_resources(spec, address)
         client, exp, parent = open_parent_run(spec)  # MLflow is written only once every check passed
+        replay_unwritten(spec, store, client, parent)
         store.save_spec(spec)
         index = len(launches) + 1
         launch = Launch(index, f"launch-{index}", results or store.default_results, spec.search.num_samples, todo)
@@ -206,6 +235,7 @@ def start_launch(spec: StudySpec, store: StudyStore, results: str | None, addres
 def resume_launch(spec: StudySpec, store: StudyStore, address: str | None) -> Outcome:
     launches = store.launches()
     if not launches or launches[-1].finished:
+        _replay_without_launch(spec, store)
         return Outcome(
             exit_codes.OK,
             f"study {spec.name!r} has nothing to resume; extend it with `fishtune run SPEC --num-samples N`",
@@ -218,6 +248,7 @@ def resume_launch(spec: StudySpec, store: StudyStore, address: str | None) -> Ou
         if not tune.Tuner.can_restore(path):
             raise ConfigError(f"study {spec.name!r}: no Tune experiment state at {path} to resume")
         client, _, parent = open_parent_run(spec)
+        replay_unwritten(spec, store, client, parent)
         print(f"study {spec.name}: resuming {launch.experiment} from {path}", flush=True)
         tuner = tune.Tuner.restore(path, trainable(spec), resume_unfinished=True, param_space=param_space(spec))
         return _finish(spec, store, client, parent, tuner)
@@ -249,10 +280,13 @@ def _scheduler(spec: StudySpec) -> ASHAScheduler | None:
 
 def _finish(spec: StudySpec, store: StudyStore, client: MlflowClient, parent: str, tuner: tune.Tuner) -> Outcome:
     client.update_run(parent, status=RunStatus.to_string(RunStatus.RUNNING))
-    interrupted = True
+    interrupted, unwritten = True, 0
     try:
         grid = tuner.fit()
-        unwritten = sum(cb.flush() for cb in tracking_callbacks(tuner))
+        for callback in tracking_callbacks(tuner):
+            if callback.drain(DRAIN_TIMEOUT_S):
+                unwritten += len(callback.pending)
+                callback.save_pending(store.unwritten_path)
         launches = store.launches()
         finished = grid.num_terminated + grid.num_errors
         interrupted = finished < launches[-1].num_samples
@@ -261,19 +295,28 @@ def _finish(spec: StudySpec, store: StudyStore, client: MlflowClient, parent: st
             store.save_launches(launches)
     finally:
         status = RunStatus.KILLED if interrupted else RunStatus.FINISHED
-        client.set_terminated(parent, status=RunStatus.to_string(status))
+        _close_parent(client, parent, RunStatus.to_string(status))
+    if unwritten:
+        return Outcome(
+            exit_codes.FAILED,
+            f"study {spec.name}: the MLflow store {spec.tracking.uri} did not take {unwritten} write(s); they are kept "
+            f"in {store.unwritten_path} and written by the next `fishtune resume {spec.name}` or `fishtune run`",
+        )
     print_summary(client, spec.name)
     if interrupted:
         return Outcome(
             exit_codes.INTERRUPTED,
             f"study {spec.name} interrupted; state saved. Continue with: fishtune resume {spec.name}",
         )
-    if unwritten:
-        return Outcome(
-            exit_codes.FAILED, f"study {spec.name}: {unwritten} batch(es) of metrics could not be written to MLflow"
-        )
-    if grid.num_errors:
-        return Outcome(
-            exit_codes.FAILED, f"study {spec.name} finished; {grid.num_errors} trial(s) failed (errors above)"
-        )
+    reported = (grid[i].metrics or {} for i in range(len(grid)))
+    failed = grid.num_errors + sum(m.get("fishtune_outcome") == "failed" for m in reported)
+    if failed:
+        return Outcome(exit_codes.FAILED, f"study {spec.name} finished; {failed} trial(s) failed (errors above)")
     return Outcome(exit_codes.OK, f"study {spec.name} finished")
+
+
+def _close_parent(client: MlflowClient, parent: str, status: str) -> None:
+    try:
+        client.set_terminated(parent, status=status)
+    except Exception as exc:  # the store is down: the next launch or resume sets the status again
+        log.warning("could not close the study's MLflow run %s (%s: %s)", parent, type(exc).__name__, str(exc)[:200])

@@ -35,10 +35,23 @@ class ProgressPrinter(Callback):
         self._started.setdefault(trial.trial_id, time.monotonic())
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._line(trial, trial_outcome(trial, errored=False))
+        outcome = trial_outcome(trial, errored=False)
+        self._line(trial, outcome)
+        if outcome == "failed":  # the trainable reported its own error (not retried)
+            self._print_error(trial)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._line(trial, "failed")
+        self._print_error(trial)
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        node = trial.last_result.get("node_ip") or "unknown node"
+        self._print(
+            f"    {trial.trial_id} lost its worker on {node} (failure {trial.run_metadata.num_failures}); "
+            f"restarting from its last checkpoint (epoch {trial.last_result.get('epoch', 0)})"
+        )
+
+    def _print_error(self, trial: Trial) -> None:
         self._print("    " + error_summary(trial).strip().replace("\n", "\n    "))
 
     def _line(self, trial: Trial, outcome: str) -> None:

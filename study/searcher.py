@@ -3,7 +3,8 @@
 Outcomes (design.md §4): a completed trial is COMPLETE with its last objective; an
 early-stopped (ASHA) or diverged trial is PRUNED, so TPE learns from its intermediate values
 without mistaking a truncated run for a finished one (Ray's OptunaSearch would say COMPLETE);
-a failed trial is FAIL. Replicated seeds wrap the searcher in a ``Repeater``: Optuna sees one
+a failed trial (an error in Ray, or a last report of outcome ``failed`` from the trainable) is
+FAIL, and that report's placeholder objective is not told as an intermediate value. Replicated seeds wrap the searcher in a ``Repeater``: Optuna sees one
 trial per configuration, valued at the replicas' mean, in the state of its worst replica.
 """
 
@@ -45,10 +46,16 @@ def sampler(search: SearchSpec) -> optuna.samplers.BaseSampler:
 
 
 class FishtuneOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna PRUNED for early-stopped and diverged trials."""
+    """OptunaSearch that tells Optuna PRUNED for early-stopped and diverged trials, FAIL for failed ones."""
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if result.get(OUTCOME_KEY) != "failed":
+            super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         outcome = (result or {}).get(OUTCOME_KEY)
+        if outcome == "failed":  # Ray's OptunaSearch would tell COMPLETE for any result with a value
+            result, error = None, True
         if error or outcome in (None, "completed") or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result, error)
             return

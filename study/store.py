@@ -3,7 +3,8 @@
 ``spec.yaml`` is the resolved spec (tracking URI absolute) that ``resume``, ``status``,
 ``analyze`` and ``ui`` read; ``optuna.db`` is the persistent Optuna storage, so a search
 continues where it stopped; ``launches.json`` records each ``run`` (its Tune experiment, the
-total number of trials asked for, and whether it finished).
+total number of trials asked for, and whether it finished); ``mlflow-unwritten.jsonl`` holds
+what the MLflow store did not take before a launch ended, until the next launch writes it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ class StudyStore:
     @property
     def default_results(self) -> str:
         return str(self.root / "ray")
+
+    @property
+    def unwritten_path(self) -> Path:
+        """MLflow writes a launch could not store (the store was down): JSON lines, replayed later."""
+        return self.root / "mlflow-unwritten.jsonl"
 
     def exists(self) -> bool:
         return self.spec_path.is_file()

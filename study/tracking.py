@@ -14,8 +14,9 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus, RunTag
@@ -49,7 +50,7 @@ def trial_outcome(trial: Trial, errored: bool) -> str:
     if errored:
         return "failed"
     last = trial.last_result.get("fishtune_outcome")
-    if last in ("completed", "diverged"):
+    if last in ("completed", "diverged", "failed"):
         return last
     return "early_stopped"  # stopped by the scheduler before its last epoch
 
@@ -96,16 +97,60 @@ def _flatten_yaml(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+@dataclass(slots=True)
+class Write:
+    """One store call for one trial's child run, queued until it succeeds.
+
+    ``kind``: ``batch`` (one ``log_batch`` of params, metrics and tags), ``status`` (mark the run
+    RUNNING) or ``close`` (snapshot ``curves.parquet``, then terminate the run with ``status``).
+    Each is safe to repeat after a failure that left it half done.
+    """
+
+    trial_id: str
+    kind: Literal["batch", "status", "close"]
+    params: list[Param] = field(default_factory=list)
+    metrics: list[Metric] = field(default_factory=list)
+    tags: list[RunTag] = field(default_factory=list)
+    status: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "trial_id": self.trial_id,
+            "kind": self.kind,
+            "params": [[p.key, p.value] for p in self.params],
+            "metrics": [[m.key, m.value, m.timestamp, m.step] for m in self.metrics],
+            "tags": [[t.key, t.value] for t in self.tags],
+            "status": self.status,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Write:
+        return cls(
+            trial_id=d["trial_id"],
+            kind=d["kind"],
+            params=[Param(k, v) for k, v in d["params"]],
+            metrics=[Metric(k, v, t, s) for k, v, t, s in d["metrics"]],
+            tags=[RunTag(k, v) for k, v in d["tags"]],
+            status=d["status"],
+        )
+
+
 class MlflowTracking(Callback):
-    """Tune callback that writes every trial to its nested MLflow child run."""
+    """Tune callback that writes every trial to its nested MLflow child run.
+
+    Every store call goes through one ordered queue of :class:`Write`: when the store is
+    unreachable, nothing is dropped or reordered; the queue is retried on each later event and
+    drained at the end of the launch (:meth:`drain`), and the user is told both ways.
+    """
 
     def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.parent_run_id = parent_run_id
         self._client: MlflowClient | None = None
-        self._runs: dict[str, str] = {}
-        self._pending: list[tuple[str, list[Metric], list[RunTag]]] = []
+        self._runs: dict[str, str] = {}  # trial id → run id, for runs known to exist
+        self._names: dict[str, str] = {}  # trial id → run name, to create the run when the store allows
+        self._pending: list[Write] = []
         self._warned = False
 
     @property
@@ -117,39 +162,50 @@ class MlflowTracking(Callback):
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment state
         return {**self.__dict__, "_client": None}
 
-    def run_id(self, trial: Trial) -> str:
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
+    @property
+    def pending(self) -> list[Write]:
+        return list(self._pending)
+
+    def run_id(self, trial_id: str) -> str:
+        """The trial's child run: found by its ``fishtune.trial_id`` tag, else created."""
+        if trial_id in self._runs:
+            return self._runs[trial_id]
         found = self.client.search_runs(
-            [self.experiment], filter_string=f"tags.`{TRIAL_ID}` = '{trial.trial_id}'", max_results=1
+            [self.experiment], filter_string=f"tags.`{TRIAL_ID}` = '{trial_id}'", max_results=1
         )
         if found:
             run_id = found[0].info.run_id
         else:
-            config = TrialConfig.from_tune(trial.config)
-            run = self.client.create_run(
-                self.experiment,
-                run_name=str(trial),
-                tags={
-                    ROLE: "trial",
-                    TRIAL_ID: trial.trial_id,
-                    OUTCOME: "running",
-                    "mlflow.parentRunId": self.parent_run_id,
-                },
-            )
-            run_id = run.info.run_id
-            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in config.flat().items()])
-        self._runs[trial.trial_id] = run_id
+            tags = {ROLE: "trial", TRIAL_ID: trial_id, OUTCOME: "running", "mlflow.parentRunId": self.parent_run_id}
+            run_id = self.client.create_run(
+                self.experiment, run_name=self._names.get(trial_id, trial_id), tags=tags
+            ).info.run_id
+        self._runs[trial_id] = run_id
         return run_id
 
+    def _register(self, trial: Trial) -> None:
+        """First sight of a trial: queue its params (the run itself is created on the first write)."""
+        if trial.trial_id in self._names:
+            return
+        self._names[trial.trial_id] = str(trial)
+        params = [Param(k, str(v)) for k, v in TrialConfig.from_tune(trial.config).flat().items()]
+        for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
+            self._pending.append(Write(trial.trial_id, "batch", params=params[start : start + MAX_PARAMS_PER_BATCH]))
+
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        run_id = self.run_id(trial)
-        self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        self.client.set_tag(run_id, OUTCOME, "running")
+        self._register(trial)
+        self._pending.append(Write(trial.trial_id, "status", tags=[RunTag(OUTCOME, "running")]))
+        self.flush()
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        restarts = trial.run_metadata.num_failures  # lost workers and transient errors so far
+        self._pending.append(Write(trial.trial_id, "batch", tags=[RunTag("fishtune.restarts", str(restarts))]))
+        self.flush()
 
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
+        self._register(trial)
         now = int(time.time() * 1000)
         metrics = [
             Metric(name, float(value), now, int(step))
@@ -157,7 +213,7 @@ class MlflowTracking(Callback):
             for step, value in points
         ]
         step = int(result["step"])
-        if result.get("fishtune_outcome") != "diverged":  # a diverged report repeats an older epoch's values
+        if result.get("fishtune_outcome") not in ("diverged", "failed"):  # those repeat an older epoch's values
             metrics += [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result]
         metrics += [Metric(k, float(v), now, step) for k, v in result.get("summary", {}).items()]
         tags = [
@@ -168,7 +224,11 @@ class MlflowTracking(Callback):
             tags.append(RunTag("fishtune.device_note", result["fishtune_device_note"]))
         if result.get("fishtune_diverged_reason"):
             tags.append(RunTag("fishtune.diverged_reason", result["fishtune_diverged_reason"]))
-        self._write(self.run_id(trial), metrics, tags)
+        self._pending += [
+            Write(trial.trial_id, "batch", metrics=chunk) for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH)
+        ]
+        self._pending.append(Write(trial.trial_id, "batch", tags=tags))
+        self.flush()
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._finish(trial, errored=False)
@@ -177,15 +237,26 @@ class MlflowTracking(Callback):
         self._finish(trial, errored=True)
 
     def _finish(self, trial: Trial, errored: bool) -> None:
-        run_id = self.run_id(trial)
-        tags = [RunTag(OUTCOME, trial_outcome(trial, errored))]
-        if errored:
+        self._register(trial)
+        outcome = trial_outcome(trial, errored)
+        tags = [RunTag(OUTCOME, outcome)]
+        if outcome == "failed":
             tags.append(RunTag("fishtune.error", error_summary(trial)[-5000:]))
-        self._write(run_id, [], tags)
-        if self.flush() == 0:  # every point is in the store: snapshot the curves, close the run
+        status = RunStatus.FAILED if outcome == "failed" else RunStatus.FINISHED
+        self._pending.append(Write(trial.trial_id, "batch", tags=tags))
+        self._pending.append(Write(trial.trial_id, "close", status=RunStatus.to_string(status)))
+        self.flush()
+
+    def _apply(self, write: Write) -> None:
+        run_id = self.run_id(write.trial_id)
+        if write.kind == "batch":
+            self.client.log_batch(run_id, metrics=write.metrics, params=write.params, tags=write.tags)
+        elif write.kind == "status":
+            self.client.log_batch(run_id, tags=write.tags)
+            self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        else:
             self._log_curves(run_id)
-            status = RunStatus.FAILED if errored else RunStatus.FINISHED
-            self.client.set_terminated(run_id, status=RunStatus.to_string(status))
+            self.client.set_terminated(run_id, status=write.status)
 
     def _log_curves(self, run_id: str) -> None:
         """All step-level curves of the run as one ``curves.parquet`` artifact (column per metric).
@@ -206,30 +277,58 @@ class MlflowTracking(Callback):
             frame.to_parquet(path, index=False)
             self.client.log_artifact(run_id, str(path))
 
-    def _write(self, run_id: str, metrics: list[Metric], tags: list[RunTag]) -> None:
-        self._pending += [(run_id, chunk, []) for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH)]
-        if tags:
-            self._pending.append((run_id, [], tags))
-        self.flush()
-
     def flush(self) -> int:
-        """Write what is buffered, in order; return how many batches are still unwritten."""
+        """Write what is queued, in order; return how many writes are still pending."""
         while self._pending:
-            run_id, metrics, tags = self._pending[0]
             try:
-                self.client.log_batch(run_id, metrics=metrics, tags=tags)
-            except Exception as exc:  # the store is down: keep everything, retry on the next write
+                self._apply(self._pending[0])
+            except Exception as exc:  # the store is down: keep everything, retry on the next event
                 if not self._warned:
                     log.warning(
-                        "MLflow store %s unreachable (%s); buffering metrics and retrying", self.tracking_uri, exc
+                        "MLflow store %s unreachable (%s: %s); buffering %d write(s) and retrying",
+                        self.tracking_uri,
+                        type(exc).__name__,
+                        str(exc)[:200],
+                        len(self._pending),
                     )
                     self._warned = True
                 return len(self._pending)
             self._pending.pop(0)
-            if self._warned:
-                log.warning("MLflow store reachable again; buffered metrics written")
-                self._warned = False
+        if self._warned:
+            log.warning("MLflow store reachable again; every buffered write is stored")
+            self._warned = False
         return 0
+
+    def drain(self, timeout_s: float, poll_s: float = 2.0) -> int:
+        """Retry the queue until it is empty or ``timeout_s`` passed; return what is left."""
+        deadline = time.monotonic() + timeout_s
+        left = self.flush()
+        if left:
+            log.warning("waiting up to %.0f s for the MLflow store to take %d buffered write(s)", timeout_s, left)
+        while left and time.monotonic() < deadline:
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+            left = self.flush()
+        return left
+
+    def save_pending(self, path: Path) -> None:
+        """Keep what the store never took in ``path`` (JSON lines) for :meth:`replay`."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            for write in self._pending:
+                f.write(json.dumps({"runs": self._names, "write": write.to_json()}) + "\n")
+        self._pending.clear()
+
+    def replay(self, path: Path) -> int:
+        """Queue the writes saved in ``path`` by an earlier launch, write them; the file is
+        removed once all of them are stored. Returns how many are still pending."""
+        if not path.is_file():
+            return 0
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            self._names.update(entry["runs"])
+            self._pending.append(Write.from_json(entry["write"]))
+        path.unlink()
+        return self.flush()
 
 
 def _chunks(items: list[Metric], size: int) -> Iterable[list[Metric]]:
@@ -238,7 +337,9 @@ def _chunks(items: list[Metric], size: int) -> Iterable[list[Metric]]:
 
 def error_summary(trial: Trial) -> str:
     """The trial's own error text (last traceback lines) and where it ran."""
-    error = trial.get_error() if hasattr(trial, "get_error") else None
-    text = str(error) if error is not None else "unknown error"
+    text = trial.last_result.get("fishtune_error") or ""  # a failure the trainable reported
+    if not text:
+        error = trial.get_error() if hasattr(trial, "get_error") else None
+        text = str(error) if error is not None else "unknown error"
     node = trial.last_result.get("node_ip") or "unknown node"
     return f"{text.strip()}\n(on node {node})"

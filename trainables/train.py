@@ -2,12 +2,20 @@
 
 The only module of ``trainables`` that imports Ray. One ``tune.report`` per epoch, after
 evaluation, with a checkpoint (design.md §4); the searched objective is in every report.
+
+Retries. An exception raised by the trial's own code (a bug, a bad config, data that cannot be
+loaded) is deterministic: retrying it from the checkpoint would fail again. The trial therefore
+ends with a last report of outcome ``failed`` carrying its traceback, and Ray does not retry
+it. Only transient errors (:data:`TRANSIENT_ERRORS`) propagate to Ray, which retries them from
+the last checkpoint like a lost worker or node, within ``FailureConfig.max_failures``;
+preempted nodes do not count against that budget (Ray's own rule).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import traceback
 from typing import Any
 
 import ray
@@ -18,6 +26,9 @@ from trainables.config import TrialConfig
 from trainables.loop import EpochReport, train
 
 STATE_FILE = "state.pt"
+# I/O on shared storage and a GPU shared with other trials can fail once and work on retry.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, torch.cuda.OutOfMemoryError)
+MAX_TRACEBACK_CHARS = 5000
 
 
 def trial_device() -> tuple[torch.device, str]:
@@ -55,6 +66,26 @@ def to_result(report: EpochReport, device: torch.device, note: str) -> dict[str,
     }
 
 
+def failed_result(error: BaseException, last: dict[str, Any] | None, device: torch.device, note: str) -> dict[str, Any]:
+    """The last report of a trial whose code raised: its traceback, and the objective keys of
+    its last report (Ray's searcher and scheduler want them in every report; NaN if none)."""
+    text = "".join(traceback.format_exception(error)).strip()
+    previous = last or {}
+    return {
+        "val_accuracy": previous.get("val_accuracy", float("nan")),
+        "val_loss": previous.get("val_loss", float("nan")),
+        "epoch": previous.get("epoch", 0),
+        "step": previous.get("step", 0),
+        "fishtune_outcome": "failed",
+        "fishtune_error": text[-MAX_TRACEBACK_CHARS:],
+        "fishtune_diverged_reason": "",
+        "fishtune_device": previous.get("fishtune_device", "cpu" if device.type == "cpu" else str(device)),
+        "fishtune_device_note": note,
+        "curves": {},
+        "summary": {},
+    }
+
+
 def fishtune_trainable(config: dict[str, Any]) -> None:
     cfg = TrialConfig.from_tune(config)
     _set_threads()
@@ -63,11 +94,17 @@ def fishtune_trainable(config: dict[str, Any]) -> None:
     if (checkpoint := tune.get_checkpoint()) is not None:
         with checkpoint.as_directory() as d:
             state = torch.load(os.path.join(d, STATE_FILE), map_location=device, weights_only=True)
-    for report in train(cfg, device, state):
-        result = to_result(report, device, note)
-        if not report.state:
-            tune.report(result)
-            continue
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(report.state, os.path.join(d, STATE_FILE))
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+    last = {"epoch": state["epoch"], "step": state["step"], **(state["last_objective"] or {})} if state else None
+    try:
+        for report in train(cfg, device, state):
+            last = to_result(report, device, note)
+            if not report.state:
+                tune.report(last)
+                continue
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(report.state, os.path.join(d, STATE_FILE))
+                tune.report(last, checkpoint=tune.Checkpoint.from_directory(d))
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as error:  # deterministic: recorded as this trial's failure, not retried
+        tune.report(failed_result(error, last, device, note))

@@ -237,5 +237,8 @@ def test_failed_trial_shows_its_error_and_exits_1(
     (run,) = children(mlflow_uri, "e2e-fail")
     assert run.data.tags["fishtune.outcome"] == "failed" and run.info.status == "FAILED"
     assert "injected fault" in run.data.tags["fishtune.error"]
+    assert "Traceback" in run.data.tags["fishtune.error"]  # the trial's own traceback
+    assert "fishtune.restarts" not in run.data.tags  # a deterministic error is not retried
+    assert proc.stdout.count("lost its worker") == 0
     (trial,) = optuna_trials(storage, "e2e-fail")
     assert trial.state == optuna.trial.TrialState.FAIL
