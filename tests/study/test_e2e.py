@@ -242,3 +242,43 @@ def test_failed_trial_shows_its_error_and_exits_1(
     assert proc.stdout.count("lost its worker") == 0
     (trial,) = optuna_trials(storage, "e2e-fail")
     assert trial.state == optuna.trial.TrialState.FAIL
+
+
+def test_killed_trial_worker_resumes_from_its_checkpoint_in_the_same_run(
+    mlflow_uri: str, storage: Path, tmp_path: Path
+) -> None:
+    """SIGKILL of a trial's process mid-epoch: Ray restarts it from its checkpoint (epoch 1), the
+    MLflow child run continues, and no step is logged twice or skipped."""
+    spec = tiny_spec(tmp_path, "e2e-kill", space={"train.lr": {"grid": [0.05, 0.02]}}, sampler="grid", num_samples=2)
+    text = yaml.safe_load(spec.read_text())
+    text["data"] = {"train_size": 256}  # batch 32 → 8 steps per epoch
+    text["train"] = {"epochs": 3, "batch_size": 32}
+    text["fisher"]["schedule"] = {"dense_until_epoch": 5, "dense_every": 4, "sparse_every": 4}
+    text["search"]["max_concurrent"] = 1
+    spec.write_text(yaml.safe_dump(text, sort_keys=False))
+    marker = tmp_path / "killed"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "tests" / "faults"),
+        "FISHTUNE_TEST_FAULT": "kill_worker_once",
+        "FISHTUNE_TEST_FAULT_MARKER": str(marker),
+        "FISHTUNE_TEST_KILL_AT_STEP": "12",  # in the middle of epoch 2
+    }
+    command = [sys.executable, "-m", "study", "run", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_uri]
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert marker.is_file(), "the fault was not injected"
+    assert "lost its worker" in proc.stdout and "(epoch 1)" in proc.stdout
+
+    runs = children(mlflow_uri, "e2e-kill")
+    assert len(runs) == 2
+    restarted = [r for r in runs if r.data.tags.get("fishtune.restarts") == "1"]
+    assert len(restarted) == 1, [r.data.tags for r in runs]
+    client = MlflowClient(mlflow_uri)
+    for run in runs:
+        assert run.info.status == "FINISHED" and run.data.tags["fishtune.outcome"] == "completed"
+        fisher_steps = [m.step for m in client.get_metric_history(run.info.run_id, "fisher_trace")]
+        assert sorted(fisher_steps) == list(range(0, 25, 4)), fisher_steps  # each step once, none missing
+        val_steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+        assert sorted(val_steps) == [8, 16, 24]
+    assert [t.state for t in optuna_trials(storage, "e2e-kill")] == [optuna.trial.TrialState.COMPLETE] * 2
