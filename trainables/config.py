@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from trainables.data import dataset_info
+from trainables.data import DATASETS, check_cache_dir, dataset_info
 from trainables.models import build_model, model_entry
 from trainables.penalties import make_penalty
 from trainables.schema import ConfigError, flatten, parse, require, unflatten
@@ -26,6 +26,9 @@ PENALTY_KINDS = ("none", "fisher", "gp", "gpr", "gpx", "vcl")
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DataConfig:
+    """``cache_dir`` holds downloaded archives (CIFAR; digits ignores it); ``augment`` is a
+    random 4-px crop and horizontal flip of training batches, for CIFAR only."""
+
     name: str = "digits"
     val_fraction: float = 0.1
     label_noise: float = 0.0
@@ -35,12 +38,15 @@ class DataConfig:
     train_size: int | None = None  # a seeded subset of the training split (None: all of it)
 
     def __post_init__(self) -> None:
-        dataset_info(self.name)
+        info = dataset_info(self.name)
         if self.train_size is not None:
             require(self.train_size >= 1, "data.train_size", "an integer ≥ 1", self.train_size)
         require(0 < self.val_fraction < 1, "data.val_fraction", "in (0, 1)", self.val_fraction)
         require(0 <= self.label_noise < 1, "data.label_noise", "in [0, 1)", self.label_noise)
-        require(not self.augment, "data.augment", "false (no augmentation for this data set yet)", self.augment)
+        offered = sorted(n for n, d in DATASETS.items() if d.augment)
+        why = f"false for {self.name} (the random crop and flip are offered for {', '.join(offered)} only)"
+        require(not self.augment or info.augment, "data.augment", why, self.augment)
+        check_cache_dir(self.name, self.cache_dir)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

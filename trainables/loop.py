@@ -100,6 +100,8 @@ def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None =
     n_train = len(splits.train_y)
     steps_per_epoch = math.ceil(n_train / cfg.train.batch_size)
     probe = torch.randperm(n_train, generator=seeded_generator(cfg.data.seed))[: cfg.fisher.samples]
+    # Un-augmented even with data.augment: Tr(F) is an expectation over the training set
+    # (paper Eq. 1), and a fixed probe keeps the curve comparable with and without augmentation.
     probe_x, probe_y = splits.train_x[probe], splits.train_y[probe]
 
     def measure(step: int) -> dict[str, float]:
@@ -142,6 +144,8 @@ def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None =
         epoch_correct = 0
         for batch in order.split(cfg.train.batch_size):
             x, y = splits.train_x[batch], splits.train_y[batch]
+            if cfg.data.augment:  # training batches only: CE and penalty see the same augmented batch
+                x = datasets.augment(x, seeded_generator(cfg.train.seed, step, 3))
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             pen = penalty(model, x, y, logits, seeded_generator(cfg.train.seed, step, 2))
