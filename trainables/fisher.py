@@ -5,8 +5,9 @@ the model's softmax, then the mean of the per-example squared gradient norms ove
 With the true labels the same mean is the empirical Fisher's trace (a different matrix).
 
 Per-example norms come from per-layer closed forms (:mod:`trainables.layer_norms`): one forward
-with hooks that keep each Linear/Conv/BatchNorm layer's input and output, one backward of the
-sum-reduced loss to those outputs only, then the norms from inputs and output gradients. Every
+with hooks that keep each Linear/Conv/BatchNorm layer's input and output (also of any module that
+brings its own closed form, such as SkipInit), one backward of the sum-reduced loss to those
+outputs only, then the norms from inputs and output gradients. Every
 other module with parameters, tied parameters and layers called twice go to an exact generic
 fallback (``torch.func`` vmap of grad) for their own parameters. Never an approximation.
 The model is evaluated in eval mode (BatchNorm running statistics, dropout off), as in the
@@ -155,7 +156,7 @@ def _vmap_norms(
     out: dict[str, torch.Tensor] = {}
     for name, g in grads.items():
         path = path_of[id(params[name])]
-        sq = g.pow(2).flatten(1).sum(1)
+        sq = g.pow(2).reshape(len(g), -1).sum(1)  # (N,); also for 0-dim parameters (SkipInit's gain)
         out[path] = out[path] + sq if path in out else sq
     return out
 

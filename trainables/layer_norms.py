@@ -132,7 +132,15 @@ def batch_norm(module: nn.BatchNorm1d | nn.BatchNorm2d, a: torch.Tensor, delta: 
 
 
 def closed_form(module: nn.Module):  # type: ignore[no-untyped-def]
-    """The closed-form norm function for ``module`` in eval mode, or ``None`` (use the fallback)."""
+    """The closed-form norm function for ``module`` in eval mode, or ``None`` (use the fallback).
+
+    A module class may supply its own as a method ``per_example_sq_grad_norms(a, delta)``: the
+    (N,) squared norms of the gradients of its own parameters, from its first input ``a`` and δ
+    with respect to its output (e.g. :class:`trainables.models.SkipInit`).
+    """
+    own = getattr(type(module), "per_example_sq_grad_norms", None)
+    if own is not None:
+        return own
     if type(module) is nn.Linear:
         return linear
     if type(module) in (nn.Conv1d, nn.Conv2d):

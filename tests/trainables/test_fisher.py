@@ -251,6 +251,11 @@ def test_standard_layers_use_closed_forms_and_others_the_fallback(monkeypatch: p
         ("simple_cnn", {"padding": "paper", "width": 4, "hidden": 8}, (3, 16, 16)),
         ("mlp", {"hidden": 8, "depth": 2}, (1, 8, 8)),
         ("resnet56", {"depth": 8, "width": 4}, (3, 8, 8)),
+        ("vgg11", {"width": 2, "hidden": 8}, (3, 32, 32)),
+        ("vgg11", {"width": 2, "hidden": 0, "batch_norm": True}, (3, 32, 32)),
+        ("wrn", {"depth": 10, "width": 1}, (3, 8, 8)),
+        ("wrn", {"depth": 8, "width": 1, "batch_norm": False}, (3, 8, 8)),  # SkipInit gains 0 here; ≠ 0: test_models
+        ("densenet_bc", {"depth": 10, "growth": 2}, (3, 8, 8)),
     ],
 )
 def test_registry_models_match_the_loop(name: str, options: dict, shape: tuple[int, ...]) -> None:
