@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from study import exit_codes
+from study.options import LaunchOptions
 from study.spec import NAME_PATTERN, StudySpec, Tracking, load_spec
 from study.store import StudyStore
 from trainables.schema import ConfigError
@@ -56,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--storage", default=".", help="folder holding runs/<study>/ (default: the working directory)")
     for p in (run, resume):
         p.add_argument("--address", help="join a Ray cluster: auto or host:port (default: start a local Ray)")
+        p.add_argument(
+            "--mlflow-wait",
+            type=float,
+            metavar="SECONDS",
+            help="at the end, wait this long for an unreachable MLflow store before keeping its data on disk (default 120)",
+        )
     return parser
 
 
@@ -116,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     from study.launcher import start_launch
 
-    return _report(start_launch(spec, store, args.results, args.address))
+    return _report(start_launch(spec, store, _launch_options(args)))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -128,7 +135,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
     _check_local_gpu(spec, args.address)
     from study.launcher import resume_launch
 
-    return _report(resume_launch(spec, store, args.address))
+    return _report(resume_launch(spec, store, _launch_options(args)))
+
+
+def _launch_options(args: argparse.Namespace) -> LaunchOptions:
+    given = {"address": args.address, "results": getattr(args, "results", None), "mlflow_wait_s": args.mlflow_wait}
+    if args.mlflow_wait is not None and args.mlflow_wait < 0:
+        raise ConfigError(f"--mlflow-wait: expected seconds ≥ 0, got {args.mlflow_wait}")
+    return LaunchOptions(**{k: v for k, v in given.items() if v is not None})
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from study import exit_codes
+from study.options import LaunchOptions
 from study.progress import ProgressPrinter
 from study.searcher import build_searcher
 from study.spec import StudySpec
@@ -44,7 +45,6 @@ WORKER_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHE
 # Retries of a trial from its last checkpoint after a lost worker or node, or a transient error
 # (trainables/train.py); preempted nodes do not count, errors in the trial's code are not retried.
 MAX_FAILURES = 3
-DRAIN_TIMEOUT_S = 120.0  # at the end of a launch, how long to wait for an unreachable MLflow store
 # The queue in study/tracking.py retries failed writes; MLflow's own client would block the
 # driver for minutes per call (7 retries with exponential backoff) while a server is down.
 MLFLOW_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
@@ -175,7 +175,7 @@ def trainable(spec: StudySpec) -> Callable[..., Any]:
     return tune.with_resources(fishtune_trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
-def start_launch(spec: StudySpec, store: StudyStore, results: str | None, address: str | None) -> Outcome:
+def start_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) -> Outcome:
     launches = store.launches()
     if launches and not launches[-1].finished:
         raise ConfigError(
@@ -189,13 +189,15 @@ def start_launch(spec: StudySpec, store: StudyStore, results: str | None, addres
             exit_codes.OK, f"study {spec.name!r} already has {done} trials; raise --num-samples to extend it"
         )
     check_reachable(spec.tracking.uri)  # an unreachable store is refused before Ray starts
-    with ray_session(address):
-        arithmetic = check_resources(spec, address)
+    with ray_session(options.address):
+        arithmetic = check_resources(spec, options.address)
         client, exp, parent = open_parent_run(spec)  # MLflow is written only once every check passed
         replay_unwritten(spec, store, client, parent)
         store.save_spec(spec)
         index = len(launches) + 1
-        launch = Launch(index, f"launch-{index}", results or store.default_results, spec.search.num_samples, todo)
+        launch = Launch(
+            index, f"launch-{index}", options.results or store.default_results, spec.search.num_samples, todo
+        )
         store.save_launches([*launches, launch])
         client.set_tag(
             parent,
@@ -229,10 +231,10 @@ def start_launch(spec: StudySpec, store: StudyStore, results: str | None, addres
                 ],
             ),
         )
-        return _finish(spec, store, client, parent, tuner)
+        return _finish(spec, store, client, parent, tuner, options.mlflow_wait_s)
 
 
-def resume_launch(spec: StudySpec, store: StudyStore, address: str | None) -> Outcome:
+def resume_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) -> Outcome:
     launches = store.launches()
     if not launches or launches[-1].finished:
         _replay_without_launch(spec, store)
@@ -243,15 +245,15 @@ def resume_launch(spec: StudySpec, store: StudyStore, address: str | None) -> Ou
     launch = launches[-1]
     path = f"{launch.results.rstrip('/')}/{launch.experiment}"
     check_reachable(spec.tracking.uri)
-    with ray_session(address):
-        print(check_resources(spec, address), flush=True)
+    with ray_session(options.address):
+        print(check_resources(spec, options.address), flush=True)
         if not tune.Tuner.can_restore(path):
             raise ConfigError(f"study {spec.name!r}: no Tune experiment state at {path} to resume")
         client, _, parent = open_parent_run(spec)
         replay_unwritten(spec, store, client, parent)
         print(f"study {spec.name}: resuming {launch.experiment} from {path}", flush=True)
         tuner = tune.Tuner.restore(path, trainable(spec), resume_unfinished=True, param_space=param_space(spec))
-        return _finish(spec, store, client, parent, tuner)
+        return _finish(spec, store, client, parent, tuner, options.mlflow_wait_s)
 
 
 def tracking_callbacks(tuner: tune.Tuner) -> list[MlflowTracking]:
@@ -278,13 +280,15 @@ def _scheduler(spec: StudySpec) -> ASHAScheduler | None:
     )
 
 
-def _finish(spec: StudySpec, store: StudyStore, client: MlflowClient, parent: str, tuner: tune.Tuner) -> Outcome:
+def _finish(
+    spec: StudySpec, store: StudyStore, client: MlflowClient, parent: str, tuner: tune.Tuner, mlflow_wait_s: float
+) -> Outcome:
     client.update_run(parent, status=RunStatus.to_string(RunStatus.RUNNING))
     interrupted, unwritten = True, 0
     try:
         grid = tuner.fit()
         for callback in tracking_callbacks(tuner):
-            if callback.drain(DRAIN_TIMEOUT_S):
+            if callback.drain(mlflow_wait_s):
                 unwritten += len(callback.pending)
                 callback.save_pending(store.unwritten_path)
         launches = store.launches()

@@ -1,0 +1,17 @@
+"""How a launch runs (the CLI's flags), as opposed to what it runs (the spec).
+
+Kept apart from ``study.launcher`` so that the CLI can build it without importing Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LaunchOptions:
+    """How a launch runs (CLI flags), as opposed to what it runs (the spec)."""
+
+    address: str | None = None  # join this Ray cluster; None starts a local Ray
+    results: str | None = None  # Tune storage_path; None: <storage>/runs/<study>/ray
+    mlflow_wait_s: float = 120.0  # at the end, how long to wait for an unreachable MLflow store
