@@ -6,63 +6,27 @@ early-Fisher rule (the train loss at which Tr(F) is read; see docs). Splits: a f
 digits), and a train/val split of the rest seeded by ``data.seed``. Inputs are standardised per
 channel with statistics of the training split.
 
-CIFAR comes from the official python-format archives, downloaded once into ``data.cache_dir``
-(atomically: a temporary file in the same folder, then ``os.replace``). An archive is checked
-against its published size, MD5 and SHA-256 before anything in it is decompressed or unpickled,
-then decoded once into a ``.npz`` beside it that later trials read without pickle.
+CIFAR comes from the official python-format archives, downloaded once into ``data.cache_dir``,
+verified before anything in it is decompressed or unpickled, and decoded once into a pickle-free
+``.npz`` beside it: see :mod:`trainables.archives`, whose errors this module re-exports.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import http.client
-import logging
-import os
-import pickle
-import tarfile
-import tempfile
-import urllib.request
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainables import archives
+from trainables.archives import Archive
+from trainables.archives import ChecksumMismatch as ChecksumMismatch  # re-exported for callers
+from trainables.archives import DataUnavailable as DataUnavailable  # re-exported for callers
 from trainables.schema import ConfigError
 
-logger = logging.getLogger(__name__)
-
 TEST_SPLIT_SEED = 20210101  # fixed: every trial of every study sees the same test images
-DOWNLOAD_TIMEOUT_S = 60  # per socket operation, not for the whole download
-_CHUNK = 1 << 20
-_DECODED_KEYS = ("train_x", "train_y", "test_x", "test_y")
-
-
-class DataUnavailable(ConfigError):
-    """A data set cannot be had here (offline, unwritable cache): the message says where to put it."""
-
-
-class ChecksumMismatch(DataUnavailable):
-    """An archive is not the official one; it was never opened."""
-
-
-@dataclass(frozen=True, slots=True)
-class Archive:
-    """An official download: where it comes from, what it must hash to, and what to read in it."""
-
-    url: str
-    filename: str
-    size: int  # bytes
-    md5: str
-    sha256: str
-    train_members: tuple[str, ...]
-    test_member: str
-    label_key: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +77,7 @@ def _load_digits(info: DatasetInfo, cache_dir: str) -> RawData:
 
 def _load_cifar(info: DatasetInfo, cache_dir: str) -> RawData:
     assert info.archive is not None
-    a = _arrays(info.archive, _root(cache_dir))
+    a = archives.fetch_arrays(info.archive, cache_dir)
     return RawData(x=a["train_x"], y=a["train_y"], test_x=a["test_x"], test_y=a["test_y"])
 
 
@@ -227,207 +191,16 @@ def ensure_available(name: str, cache_dir: str) -> None:
     """Download and verify data set ``name`` into ``cache_dir`` unless it is there already
     (nothing to do for embedded data sets). Raises :class:`DataUnavailable` when it cannot."""
     info = dataset_info(name)
-    if info.archive is not None and not _decoded_path(info.archive, _root(cache_dir)).is_file():
-        _arrays(info.archive, _root(cache_dir))
+    if info.archive is not None:
+        archives.ensure_decoded(info.archive, cache_dir)
 
 
 def check_cache_dir(name: str, cache_dir: str) -> None:
-    """Refuse a ``data.cache_dir`` that cannot receive ``name``'s download (without writing).
-
-    A folder that already holds the decoded cache or the archive may be read-only (a cache
-    prepared for a cluster); otherwise the folder, or its nearest existing parent, must be
-    writable. Relative paths are refused: every trial runs in a working directory of its own."""
+    """Refuse a ``data.cache_dir`` that cannot receive ``name``'s download (without writing);
+    nothing to check for embedded data sets. See :func:`trainables.archives.check_cache_dir`."""
     info = dataset_info(name)
-    if info.archive is None:
-        return
-    if not (cache_dir.startswith("~") or os.path.isabs(cache_dir)):
-        raise ConfigError(
-            f"data.cache_dir: must be an absolute path or start with ~ (trials run in their own "
-            f"working directories), got {cache_dir!r}"
-        )
-    root = _root(cache_dir)
-    ready = (_decoded_path(info.archive, root), root / info.archive.filename)
-    if any(p.is_file() and os.access(p, os.R_OK) for p in ready):
-        return
-    existing = root
-    try:
-        while not existing.exists():
-            existing = existing.parent
-    except OSError as exc:  # e.g. a parent folder that cannot be searched
-        raise ConfigError(f"data.cache_dir: cannot inspect {existing} ({exc.strerror})") from None
-    if not existing.is_dir():
-        raise ConfigError(f"data.cache_dir: {existing} is not a folder, so {root} cannot hold the {name} download")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "is not writable" if existing == root else f"cannot be created ({existing} is not writable)"
-        raise ConfigError(
-            f"data.cache_dir: {root} {what}; choose a writable folder, or place {info.archive.filename} in it by hand"
-        )
-
-
-def _root(cache_dir: str) -> Path:
-    return Path(cache_dir).expanduser()
-
-
-def _decoded_path(archive: Archive, root: Path) -> Path:
-    """The decoded cache, named after the archive's checksum (a different archive, another file)."""
-    return root / f"{archive.filename.removesuffix('.tar.gz')}.{archive.sha256[:16]}.npz"
-
-
-def _arrays(archive: Archive, root: Path) -> dict[str, np.ndarray]:
-    """train_x, train_y, test_x, test_y from the decoded cache, else from the verified archive
-    (downloaded if absent), then cached."""
-    decoded = _decoded_path(archive, root)
-    if decoded.is_file():
-        return _read_decoded(decoded)
-    path = root / archive.filename
-    if not path.is_file():
-        _download(archive, path)
-    with open(path, "rb") as f:  # one handle: the bytes verified are the bytes decoded
-        _verify(archive, path, *_digests(f))
-        f.seek(0)
-        arrays = _decode(archive, f)
-    _write_decoded(decoded, arrays)
-    return arrays
-
-
-def _digests(f: IO[bytes]) -> tuple[int, str, str]:
-    size, md5, sha256 = 0, hashlib.md5(usedforsecurity=False), hashlib.sha256()
-    while chunk := f.read(_CHUNK):
-        size += len(chunk)
-        md5.update(chunk)
-        sha256.update(chunk)
-    return size, md5.hexdigest(), sha256.hexdigest()
-
-
-def _verify(archive: Archive, path: Path, size: int, md5: str, sha256: str, downloaded: bool = False) -> None:
-    if (size, md5, sha256) == (archive.size, archive.md5, archive.sha256):
-        return
-    got = f"got {size} bytes, MD5 {md5}, SHA-256 {sha256}"
-    expected = f"expected {archive.size} bytes, MD5 {archive.md5}, SHA-256 {archive.sha256}"
-    if downloaded:
-        raise ChecksumMismatch(
-            f"the download of {archive.url} is not the official archive ({got}; {expected}) and was discarded; "
-            f"run again, or place the official file at {path} by hand"
-        )
-    raise ChecksumMismatch(
-        f"{path} is not the official archive and was not opened ({got}; {expected}); "
-        f"delete it to download it again from {archive.url}"
-    )
-
-
-def _download(archive: Archive, path: Path) -> None:
-    """Fetch ``archive`` to ``path`` through a verified temporary file in the same folder, so
-    concurrent trials never see a partial file (and concurrent downloads are harmless)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{archive.filename}.", suffix=".part")
-    except OSError as exc:
-        raise DataUnavailable(f"data.cache_dir: cannot write into {path.parent} ({exc.strerror})") from None
-    logger.info("downloading %s to %s", archive.url, path)
-    try:
-        size, md5, sha256 = 0, hashlib.md5(usedforsecurity=False), hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            try:
-                request = urllib.request.Request(archive.url, headers={"User-Agent": "fishtune"})
-                with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
-                    while chunk := response.read(_CHUNK):
-                        _write(out, chunk, path)
-                        size += len(chunk)
-                        md5.update(chunk)
-                        sha256.update(chunk)
-            except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets
-                reason = getattr(exc, "reason", None) or exc
-                raise DataUnavailable(
-                    f"cannot download {archive.url} ({reason}); on a machine without internet access, "
-                    f"download it elsewhere and place it at {path}"
-                ) from None
-        _verify(archive, path, size, md5.hexdigest(), sha256.hexdigest(), downloaded=True)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _write(out: IO[bytes], chunk: bytes, path: Path) -> None:
-    try:
-        out.write(chunk)
-    except OSError as exc:
-        raise DataUnavailable(f"data.cache_dir: cannot write {path} ({exc.strerror})") from None
-
-
-class _NumpyUnpickler(pickle.Unpickler):
-    """Only what CIFAR's pickles hold (dicts, lists, bytes, numpy arrays): defence in depth, as
-    the archive's checksums were verified before this runs."""
-
-    ALLOWED = frozenset(
-        {
-            ("numpy.core.multiarray", "_reconstruct"),  # how the official (numpy 1) pickles name it
-            ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy", "ndarray"),
-            ("numpy", "dtype"),
-            ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
-        }
-    )
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"CIFAR batch refers to {module}.{name}, which is not allowed")
-        return super().find_class(module, name)
-
-
-def _decode(archive: Archive, f: IO[bytes]) -> dict[str, np.ndarray]:
-    """Read the verified archive in one pass (stream mode: no seeking back in the gzip)."""
-    wanted = {*archive.train_members, archive.test_member}
-    batches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    with tarfile.open(fileobj=f, mode="r|gz") as tar:
-        for member in tar:
-            handle = tar.extractfile(member) if member.name in wanted else None
-            if handle is not None:
-                batch = _NumpyUnpickler(handle, encoding="bytes").load()
-                x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)  # rows are R, G, B planes
-                batches[member.name] = x, np.asarray(batch[archive.label_key], dtype=np.int64)
-    missing = sorted(wanted - set(batches))
-    if missing:
-        raise DataUnavailable(f"{archive.filename} has no member {missing[0]}")
-    train = [batches[m] for m in archive.train_members]
-    test_x, test_y = batches[archive.test_member]
-    return {
-        "train_x": np.concatenate([x for x, _ in train]),
-        "train_y": np.concatenate([y for _, y in train]),
-        "test_x": test_x,
-        "test_y": test_y,
-    }
-
-
-def _write_decoded(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Atomically, like the download; a read-only cache folder only costs a decode per trial."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    except OSError as exc:
-        logger.warning("cannot cache the decoded data in %s (%s); decoding the archive every time", path, exc)
-        return
-    try:
-        with os.fdopen(fd, "wb") as out:
-            np.savez(out, **{k: arrays[k] for k in _DECODED_KEYS}, allow_pickle=False)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _read_decoded(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in _DECODED_KEYS}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise DataUnavailable(f"{path} cannot be read ({exc}); delete it to decode the archive again") from None
-    for split in ("train", "test"):
-        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
-        if x.dtype != np.uint8 or x.shape[1:] != (3, 32, 32) or y.shape != (len(x),):
-            raise DataUnavailable(f"{path} holds unexpected arrays; delete it to decode the archive again")
-    return arrays
+    if info.archive is not None:
+        archives.check_cache_dir(info.archive, cache_dir, dataset=name)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Tiny CIFAR archives in the official python format, and a registry entry that accepts them.
+"""Tiny CIFAR archives in the official python format, a registry entry that accepts them, and
+helpers to place them in a cache folder and load them (shared by test_data and test_archives).
 
 The layout is that of cifar-10-python.tar.gz / cifar-100-python.tar.gz: a gzipped tar of
 pickled dicts whose b"data" is uint8 (N, 3072) (R, G, B planes of 32×32, row-major) and whose
@@ -11,6 +12,7 @@ import dataclasses
 import hashlib
 import io
 import pickle
+import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,3 +97,22 @@ def write_cifar100(folder: Path, n_train: int = 100, n_test: int = 20, seed: int
             splits[member] = x.reshape(-1, 3, 32, 32), fine, coarse
     (train_x, train_y, coarse_y), (test_x, test_y, _) = splits["train"], splits["test"]
     return TinyArchive(path, train_x, train_y, test_x, test_y, coarse_y)
+
+
+def installed_cifar10(folder: Path, monkeypatch: pytest.MonkeyPatch) -> TinyArchive:
+    """A tiny CIFAR-10 archive (5 × 20 train + 20 test images) written in ``folder``/src and
+    registered as "cifar10"."""
+    (folder / "src").mkdir()
+    archive = write_cifar10(folder / "src")
+    archive.install(monkeypatch, "cifar10")
+    return archive
+
+
+def placed(archive: TinyArchive, cache: Path) -> Path:
+    """The archive put in the cache folder by hand, as on an offline machine."""
+    cache.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(archive.path, cache))
+
+
+def cifar_splits(name: str, cache: Path, seed: int = 0) -> data.Splits:
+    return data.load(name, val_fraction=0.1, label_noise=0.0, seed=seed, cache_dir=str(cache))
