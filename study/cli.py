@@ -22,6 +22,8 @@ from study.spec import NAME_PATTERN, StudySpec, Tracking, load_spec
 from study.store import StudyStore
 from trainables.schema import ConfigError
 
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver of a submitted job
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -63,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
             metavar="SECONDS",
             help="at the end, wait this long for an unreachable MLflow store before keeping its data on disk (default 120)",
         )
+        p.add_argument(
+            "--pending-timeout",
+            type=float,
+            metavar="SECONDS",
+            help="with --address: wait this long for the autoscaler to add nodes a trial needs (default 600)",
+        )
     return parser
 
 
@@ -92,6 +100,24 @@ def _check_address(address: str | None) -> None:
         )
 
 
+def _check_job_paths(args: argparse.Namespace, spec: StudySpec) -> None:
+    """Inside a Ray job the working directory is a temporary copy of the submitted folder:
+    relative study and MLflow paths would be lost with it."""
+    if RAY_JOB_ENV not in os.environ:
+        return
+    if not Path(args.storage).expanduser().is_absolute():
+        raise ConfigError(
+            f"--storage {args.storage}: inside a Ray job the working directory is temporary; "
+            "pass an absolute folder on the head node, e.g. --storage ~/fishtune"
+        )
+    uri = args.tracking_uri or spec.tracking.uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).expanduser().is_absolute():
+        raise ConfigError(
+            f"tracking.uri {uri}: inside a Ray job the working directory is temporary; "
+            "pass --tracking-uri sqlite:////absolute/path/mlflow.db (e.g. in ~/fishtune) or an http:// server"
+        )
+
+
 def _check_local_gpu(spec: StudySpec, address: str | None) -> None:
     if address is None and spec.resources.gpu > 0:
         import torch
@@ -112,6 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["name"] = args.new_study
     spec = load_spec(args.spec, overrides)
     args.name = spec.name  # for the interrupt message
+    _check_job_paths(args, spec)
     spec = dataclasses.replace(spec, tracking=spec.tracking.resolved(Path.cwd()))
     _check_address(args.address)
     _check_local_gpu(spec, args.address)
@@ -129,6 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     store = StudyStore(args.storage, args.name)
     spec = store.load_spec()
+    _check_job_paths(args, spec)
     if args.tracking_uri:
         spec = dataclasses.replace(spec, tracking=Tracking(uri=args.tracking_uri).resolved(Path.cwd()))
     _check_address(args.address)
@@ -139,9 +167,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _launch_options(args: argparse.Namespace) -> LaunchOptions:
-    given = {"address": args.address, "results": getattr(args, "results", None), "mlflow_wait_s": args.mlflow_wait}
-    if args.mlflow_wait is not None and args.mlflow_wait < 0:
-        raise ConfigError(f"--mlflow-wait: expected seconds ≥ 0, got {args.mlflow_wait}")
+    given = {
+        "address": args.address,
+        "results": getattr(args, "results", None),
+        "mlflow_wait_s": args.mlflow_wait,
+        "pending_timeout_s": args.pending_timeout,
+    }
+    for flag, value in (("--mlflow-wait", args.mlflow_wait), ("--pending-timeout", args.pending_timeout)):
+        if value is not None and value < 0:
+            raise ConfigError(f"{flag}: expected seconds ≥ 0, got {value:g}")
     return LaunchOptions(**{k: v for k, v in given.items() if v is not None})
 
 

@@ -28,6 +28,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from study import exit_codes
+from study.cluster import check_resources, check_results_shared
 from study.options import LaunchOptions
 from study.progress import ProgressPrinter
 from study.searcher import build_searcher
@@ -36,6 +37,7 @@ from study.status import print_summary
 from study.store import Launch, StudyStore
 from study.tracking import MlflowTracking, experiment_id, parent_run
 from trainables.config import SEEDS_KEY
+from trainables.data import ensure_available
 from trainables.schema import ConfigError
 from trainables.train import fishtune_trainable
 
@@ -93,33 +95,21 @@ def replay_unwritten(spec: StudySpec, store: StudyStore, client: MlflowClient, p
     print(f"study {spec.name}: wrote the MLflow data an earlier launch had kept in {store.unwritten_path}", flush=True)
 
 
+def prepare_data(spec: StudySpec) -> None:
+    """Download and verify every data set the study can use, once, on the driver: an offline
+    machine gets one clear error (exit 2) before anything starts, not failing trials. On a
+    multi-node cluster each node still needs ``data.cache_dir`` shared or its own download."""
+    domain = spec.search.searched.get("data.name")
+    names = {str(v) for v in domain.values} if domain is not None else {spec.trial.data.name}
+    for name in sorted(names):
+        ensure_available(name, spec.trial.data.cache_dir)
+
+
 def _replay_without_launch(spec: StudySpec, store: StudyStore) -> None:
     if store.unwritten_path.is_file():
         check_reachable(spec.tracking.uri)
         client, _, parent = open_parent_run(spec)
         replay_unwritten(spec, store, client, parent)
-
-
-def check_resources(spec: StudySpec, address: str | None) -> str:
-    """Refuse trials the cluster can never place; return the concurrency arithmetic to print."""
-    total = ray.cluster_resources()
-    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
-    res = spec.resources
-    for name, need, have in (("cpu", res.cpu, cpus), ("gpu", res.gpu, gpus)):
-        if need > have:
-            message = f"resources.{name}: {need:g} per trial, but the cluster has {have:g} {name.upper()}s now"
-            if address is None:  # a local Ray never grows
-                raise ConfigError(message)
-            log.warning("%s; trials stay pending until the autoscaler adds nodes", message)
-    fit = int(cpus // res.cpu)
-    if res.gpu:
-        fit = min(fit, int(gpus // res.gpu))
-    nodes = len([n for n in ray.nodes() if n.get("Alive")])
-    concurrency = min(fit, spec.search.max_concurrent)
-    return (
-        f"cluster: {nodes} node(s), {cpus:g} CPU, {gpus:g} GPU; each trial takes {res.cpu:g} CPU, {res.gpu:g} GPU "
-        f"→ {fit} fit at once, max_concurrent {spec.search.max_concurrent} → {concurrency} trial(s) at a time"
-    )
 
 
 def versions() -> dict[str, str]:
@@ -189,15 +179,17 @@ def start_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) -> 
             exit_codes.OK, f"study {spec.name!r} already has {done} trials; raise --num-samples to extend it"
         )
     check_reachable(spec.tracking.uri)  # an unreachable store is refused before Ray starts
+    prepare_data(spec)
     with ray_session(options.address):
-        arithmetic = check_resources(spec, options.address)
+        arithmetic = check_resources(spec, options.address, options.pending_timeout_s)
+        results = options.results or store.default_results
+        if options.address is not None:
+            check_results_shared(results)
         client, exp, parent = open_parent_run(spec)  # MLflow is written only once every check passed
         replay_unwritten(spec, store, client, parent)
         store.save_spec(spec)
         index = len(launches) + 1
-        launch = Launch(
-            index, f"launch-{index}", options.results or store.default_results, spec.search.num_samples, todo
-        )
+        launch = Launch(index, f"launch-{index}", results, spec.search.num_samples, todo)
         store.save_launches([*launches, launch])
         client.set_tag(
             parent,
@@ -245,8 +237,11 @@ def resume_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) ->
     launch = launches[-1]
     path = f"{launch.results.rstrip('/')}/{launch.experiment}"
     check_reachable(spec.tracking.uri)
+    prepare_data(spec)
     with ray_session(options.address):
-        print(check_resources(spec, options.address), flush=True)
+        print(check_resources(spec, options.address, options.pending_timeout_s), flush=True)
+        if options.address is not None:
+            check_results_shared(launch.results)
         if not tune.Tuner.can_restore(path):
             raise ConfigError(f"study {spec.name!r}: no Tune experiment state at {path} to resume")
         client, _, parent = open_parent_run(spec)

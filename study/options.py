@@ -15,3 +15,4 @@ class LaunchOptions:
     address: str | None = None  # join this Ray cluster; None starts a local Ray
     results: str | None = None  # Tune storage_path; None: <storage>/runs/<study>/ray
     mlflow_wait_s: float = 120.0  # at the end, how long to wait for an unreachable MLflow store
+    pending_timeout_s: float = 600.0  # with address: how long to wait for an autoscaler to add what trials need

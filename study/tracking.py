@@ -218,6 +218,7 @@ class MlflowTracking(Callback):
         metrics += [Metric(k, float(v), now, step) for k, v in result.get("summary", {}).items()]
         tags = [
             RunTag("fishtune.node", str(result.get("node_ip", ""))),
+            RunTag("fishtune.node_id", str(result.get("fishtune_node_id", ""))),
             RunTag("fishtune.device", str(result.get("fishtune_device", ""))),
         ]
         if result.get("fishtune_device_note"):

@@ -44,6 +44,11 @@ def trial_device() -> tuple[torch.device, str]:
     return torch.device("cpu"), ""
 
 
+def node_id() -> str:
+    """The Ray node this trial runs on (several nodes can share one IP address)."""
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
 def _set_threads() -> None:
     """Match torch's intra-op threads to the CPUs Ray gave this trial (at least one)."""
     resources = tune.get_context().get_trial_resources()
@@ -61,6 +66,7 @@ def to_result(report: EpochReport, device: torch.device, note: str) -> dict[str,
         "fishtune_diverged_reason": report.diverged_reason or "",
         "fishtune_device": "cpu" if device.type == "cpu" else f"{device.type}:{device.index or 0}",
         "fishtune_device_note": note,
+        "fishtune_node_id": node_id(),
         "curves": report.curves,
         "summary": report.summary,
     }
@@ -81,6 +87,7 @@ def failed_result(error: BaseException, last: dict[str, Any] | None, device: tor
         "fishtune_diverged_reason": "",
         "fishtune_device": previous.get("fishtune_device", "cpu" if device.type == "cpu" else str(device)),
         "fishtune_device_note": note,
+        "fishtune_node_id": node_id(),
         "curves": {},
         "summary": {},
     }

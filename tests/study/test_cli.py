@@ -128,3 +128,64 @@ def test_unreachable_tracking_server_is_refused_before_anything_starts(
     assert main(["run", str(spec), "--storage", str(tmp_path / "st"), "--tracking-uri", uri]) == 2
     assert "cannot reach the MLflow server" in capsys.readouterr().err
     assert not (tmp_path / "st").exists()
+
+
+GOOD = "name: job-study\nmodel: {name: mlp}\nsearch: {space: {train.lr: {loguniform: [1.0e-3, 1.0e-1]}}}\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], "--storage .: inside a Ray job"),  # the default storage is the (temporary) working directory
+        (["--storage", "/abs/fishtune"], "tracking.uri sqlite:///mlflow.db: inside a Ray job"),
+    ],
+)
+def test_inside_a_ray_job_relative_study_paths_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(GOOD)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    assert main(["run", str(path), *args]) == 2
+    assert expected in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+@pytest.mark.parametrize("flag", ["--mlflow-wait", "--pending-timeout"])
+def test_negative_waits_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(GOOD)
+    assert main(["run", str(path), "--storage", str(tmp_path), flag, "-1"]) == 2
+    assert f"{flag}: expected seconds ≥ 0" in capsys.readouterr().err
+
+
+def test_a_data_set_that_cannot_be_downloaded_is_refused_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dataclasses
+
+    from trainables import data
+
+    with socket.socket() as s:  # a port nobody listens on: as offline as it gets
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/cifar-10-python.tar.gz"
+    info = data.DATASETS["cifar10"]
+    assert info.archive is not None
+    monkeypatch.setitem(
+        data.DATASETS, "cifar10", dataclasses.replace(info, archive=dataclasses.replace(info.archive, url=url))
+    )
+    cache, work = tmp_path / "cache", tmp_path / "work"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "name: offline\n"
+        f"data: {{name: cifar10, cache_dir: {cache}}}\n"
+        "model: {name: simple_cnn, width: 4, hidden: 8}\n"
+        "search: {space: {train.lr: {loguniform: [1.0e-3, 1.0e-1]}}}\n"
+    )
+    db = tmp_path / "mlflow.db"
+    assert main(["run", str(spec), "--storage", str(work), "--tracking-uri", f"sqlite:///{db}"]) == 2
+    err = capsys.readouterr().err
+    assert url in err and str(cache / "cifar-10-python.tar.gz") in err
+    assert len(err.strip().splitlines()) == 1
+    assert not work.exists() and not db.exists()  # no study folder, no MLflow store
