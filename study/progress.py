@@ -46,9 +46,11 @@ class ProgressPrinter(Callback):
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         node = trial.last_result.get("node_ip") or "unknown node"
+        checkpoint = trial.latest_checkpoint_result
+        start = f"its checkpoint of epoch {checkpoint.metrics.get('epoch')}" if checkpoint else "scratch"
         self._print(
             f"    {trial.trial_id} lost its worker on {node} (failure {trial.run_metadata.num_failures}); "
-            f"restarting from its last checkpoint (epoch {trial.last_result.get('epoch', 0)})"
+            f"restarting from {start}"
         )
 
     def _print_error(self, trial: Trial) -> None:

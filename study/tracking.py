@@ -141,6 +141,12 @@ class MlflowTracking(Callback):
     Every store call goes through one ordered queue of :class:`Write`: when the store is
     unreachable, nothing is dropped or reordered; the queue is retried on each later event and
     drained at the end of the launch (:meth:`drain`), and the user is told both ways.
+
+    An epoch's report is written only once Tune has registered its checkpoint: Tune calls
+    ``on_trial_result`` before it asks the trial for the checkpoint, so a worker lost in
+    between leaves Tune at the previous checkpoint, and the restarted trial reports that epoch
+    again. Held until ``on_checkpoint``, the lost copy is dropped on recovery instead of being
+    logged twice.
     """
 
     def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str) -> None:
@@ -151,6 +157,7 @@ class MlflowTracking(Callback):
         self._runs: dict[str, str] = {}  # trial id → run id, for runs known to exist
         self._names: dict[str, str] = {}  # trial id → run name, to create the run when the store allows
         self._pending: list[Write] = []
+        self._held: dict[str, list[Write]] = {}  # trial id → writes waiting for their checkpoint
         self._warned = False
 
     @property
@@ -197,7 +204,11 @@ class MlflowTracking(Callback):
         self._pending.append(Write(trial.trial_id, "status", tags=[RunTag(OUTCOME, "running")]))
         self.flush()
 
+    def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Any, **info: Any) -> None:
+        self._release(trial.trial_id)
+
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._held.pop(trial.trial_id, None)  # the restarted trial reports those epochs again
         restarts = trial.run_metadata.num_failures  # lost workers and transient errors so far
         self._pending.append(Write(trial.trial_id, "batch", tags=[RunTag("fishtune.restarts", str(restarts))]))
         self.flush()
@@ -225,10 +236,16 @@ class MlflowTracking(Callback):
             tags.append(RunTag("fishtune.device_note", result["fishtune_device_note"]))
         if result.get("fishtune_diverged_reason"):
             tags.append(RunTag("fishtune.diverged_reason", result["fishtune_diverged_reason"]))
-        self._pending += [
-            Write(trial.trial_id, "batch", metrics=chunk) for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH)
-        ]
-        self._pending.append(Write(trial.trial_id, "batch", tags=tags))
+        writes = [Write(trial.trial_id, "batch", metrics=chunk) for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH)]
+        writes.append(Write(trial.trial_id, "batch", tags=tags))
+        if result.get("should_checkpoint"):  # Tune's flag: this report came with a checkpoint
+            self._held.setdefault(trial.trial_id, []).extend(writes)
+            return
+        self._pending += writes
+        self.flush()
+
+    def _release(self, trial_id: str) -> None:
+        self._pending += self._held.pop(trial_id, [])
         self.flush()
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
@@ -239,6 +256,7 @@ class MlflowTracking(Callback):
 
     def _finish(self, trial: Trial, errored: bool) -> None:
         self._register(trial)
+        self._pending += self._held.pop(trial.trial_id, [])  # no restart will report them again
         outcome = trial_outcome(trial, errored)
         tags = [RunTag(OUTCOME, outcome)]
         if outcome == "failed":
