@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
+import trainables
 from study import exit_codes
 from study.cluster import check_resources, check_results_shared
 from study.options import LaunchOptions
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 WORKER_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 # Retries of a trial from its last checkpoint after a lost worker or node, or a transient error
 # (trainables/train.py); preempted nodes do not count, errors in the trial's code are not retried.
+WORKER_RUNTIME_ENV: dict[str, Any] = {"env_vars": WORKER_ENV}
 MAX_FAILURES = 3
 # The queue in study/tracking.py retries failed writes; MLflow's own client would block the
 # driver for minutes per call (7 retries with exponential backoff) while a server is down.
@@ -68,11 +70,15 @@ def ray_session(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    kwargs = dict(runtime_env={"env_vars": WORKER_ENV}, log_to_driver=False, configure_logging=False)
+    kwargs: dict[str, Any] = dict(runtime_env=WORKER_RUNTIME_ENV, log_to_driver=False, configure_logging=False)
     if address is None:
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)  # type: ignore[arg-type]
+        # "local": a new Ray even where `ray start` left an address behind (ray.init() would join it)
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
     else:
-        ray.init(address=address, **kwargs)  # type: ignore[arg-type]
+        # Other nodes import the trainable from this copy of `trainables`, not from whatever
+        # version their image has (a Ray job's working_dir is merged with this by Ray).
+        kwargs["runtime_env"] = {**WORKER_RUNTIME_ENV, "py_modules": [str(Path(trainables.__file__).parent)]}
+        ray.init(address=address, **kwargs)
     # Ray's core worker installs a SIGTERM handler that aborts the driver; take SIGTERM back so
     # that it stops the study like Ctrl-C does (Tune saves its state, exit 130).
     previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))

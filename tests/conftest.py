@@ -22,6 +22,7 @@ def ray_session() -> Iterator[None]:
     import ray
 
     ray.init(
+        address="local",  # never a cluster some `ray start` on this machine left behind
         num_cpus=2,
         include_dashboard=False,
         object_store_memory=256 * 1024**2,

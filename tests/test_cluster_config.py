@@ -24,12 +24,14 @@ def test_cluster_file_is_valid(path: Path) -> None:
     validate(config)
     head = config["available_node_types"][config["head_node_type"]]
     assert head["resources"].get("CPU") == 0  # trials never land on the head
+    assert config["provider"]["type"] in ("aws", "gcp")
     assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
     assert not any(k in path.read_text() for k in ("aws_access_key_id", "aws_secret_access_key", "private_key"))
 
 
-def test_a_broken_key_is_caught() -> None:
-    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+@pytest.mark.parametrize("path", sorted(ROOT.glob("cluster*.yaml")), ids=lambda p: p.name)
+def test_a_broken_key_is_caught(path: Path) -> None:
+    config = yaml.safe_load(path.read_text())
     bad = copy.deepcopy(config)
     bad["available_node_types"]["worker_gpu"]["min_worker"] = 0  # typo of min_workers
     with pytest.raises(jsonschema.ValidationError, match="min_worker"):

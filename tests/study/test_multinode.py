@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,7 +95,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     port = free_port()
     address = f"127.0.0.1:{port}"
     env = {**os.environ, **ENV}
-    common = ["--num-cpus", "2", "--block", "--disable-usage-stats"]
+    temp_dir = Path(f"/tmp/fishtune-ray-{port}")  # its own: `ray start` records its address there
+    common = ["--num-cpus", "2", "--block", "--disable-usage-stats", f"--temp-dir={temp_dir}"]
     head_cmd = [RAY, "start", "--head", "--port", str(port), "--ray-client-server-port", str(free_port())]
     head_cmd += ["--include-dashboard=false"]
     worker_cmd = [RAY, "start", "--address", address]
@@ -119,6 +121,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
                 if proc is not None:
                     kill_session(proc.pid)  # start_new_session: the session id is the pid
                     proc.wait(timeout=30)  # reap `ray start` itself
+            shutil.rmtree(temp_dir, ignore_errors=True)
             assert all(not session_pids(p.pid) for p in (worker, head) if p is not None)
 
 
