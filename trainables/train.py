@@ -72,6 +72,13 @@ def to_result(report: EpochReport, device: torch.device, note: str) -> dict[str,
     }
 
 
+def load_state(directory: str, device: torch.device) -> dict[str, Any]:
+    """A trial's checkpoint: tensors and plain containers only (``weights_only``), so a tampered
+    checkpoint on shared storage cannot run code in the trial."""
+    state: dict[str, Any] = torch.load(os.path.join(directory, STATE_FILE), map_location=device, weights_only=True)
+    return state
+
+
 def failed_result(error: BaseException, last: dict[str, Any] | None, device: torch.device, note: str) -> dict[str, Any]:
     """The last report of a trial whose code raised: its traceback, and the objective keys of
     its last report (Ray's searcher and scheduler want them in every report; NaN if none)."""
@@ -100,7 +107,7 @@ def fishtune_trainable(config: dict[str, Any]) -> None:
     state = None
     if (checkpoint := tune.get_checkpoint()) is not None:
         with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, STATE_FILE), map_location=device, weights_only=True)
+            state = load_state(d, device)
     last = {"epoch": state["epoch"], "step": state["step"], **(state["last_objective"] or {})} if state else None
     try:
         for report in train(cfg, device, state):

@@ -88,6 +88,29 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _own_address() -> str:
+    """This machine's outward IPv4 address (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # TEST-NET-1: only used to pick the outward interface
+        address = str(s.getsockname()[0])
+    assert not address.startswith("127."), address
+    return address
+
+
+def test_local_ray_dashboard_binds_to_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from study.launcher import ray_session
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    with ray_session(None):
+        pass
+    assert seen["dashboard_host"] == "127.0.0.1" and seen["address"] == "local"
+
+
 def test_ui_serves_the_store_on_localhost(tmp_path: Path) -> None:
     port = _free_port()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -111,6 +134,8 @@ def test_ui_serves_the_store_on_localhost(tmp_path: Path) -> None:
                 assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
                 assert time.monotonic() < deadline, "MLflow UI did not come up"
                 time.sleep(1)
+        with pytest.raises(ConnectionRefusedError):  # bound to loopback only: not on the machine's own address
+            socket.create_connection((_own_address(), port), timeout=5).close()
     finally:
         proc.terminate()
         try:
