@@ -1,53 +1,17 @@
-"""Model registry keyed by the spec's ``model.name``; each entry has a typed options class.
-
-Models are written in plain torch (no torchvision: there is no CPU build of it here). In-place
-operations are avoided so hook-based per-example gradient norms stay exact.
-
-- ``simple_cnn``, ``mlp``: the paper's SimpleCNN and a small MLP (PyTorch's default init);
-- ``resnet56``: the CIFAR ResNet of He et al. (depth 6n + 2, BatchNorm);
-- ``vgg11``, ``wrn``, ``densenet_bc``: the paper's Table 1 models (VGG-11 without BN, WRN-44-3
-  without BN via SkipInit, DenseNet L=40 k=12 with BN), sized for 32×32 inputs, with the
-  He-normal init of their reference implementations.
-"""
+"""Residual networks for small images: the CIFAR ResNet of He et al. (BatchNorm, PyTorch's default
+init) and the Wide ResNet (BatchNorm, or SkipInit on every residual branch without it; He-normal
+init)."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from trainables.schema import ConfigError, require
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class SimpleCNNOptions:
-    """The paper's SimpleCNN (Keras cifar10_cnn without dropout, Dense512 → Dense128).
-
-    ``padding: paper`` keeps the Keras layout (same, valid, pool, same, valid, pool), which needs
-    inputs of at least 16 px; ``same`` pads every conv, for small images such as digits.
-    """
-
-    padding: Literal["paper", "same"] = "paper"
-    width: int = 32  # channels of the first block; the second block has 2×width
-    hidden: int = 128
-
-    def __post_init__(self) -> None:
-        require(self.width >= 1, "model.width", "an integer ≥ 1", self.width)
-        require(self.hidden >= 1, "model.hidden", "an integer ≥ 1", self.hidden)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class MLPOptions:
-    hidden: int = 128
-    depth: int = 2  # hidden layers
-
-    def __post_init__(self) -> None:
-        require(self.hidden >= 1, "model.hidden", "an integer ≥ 1", self.hidden)
-        require(self.depth >= 1, "model.depth", "an integer ≥ 1", self.depth)
+from trainables.models.common import he_init, image_shape
+from trainables.schema import require
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -96,106 +60,6 @@ def resnet(opts: ResNetOptions, input_shape: tuple[int, ...], num_classes: int) 
             c_in = width
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
     return nn.Sequential(*layers)
-
-
-def simple_cnn(opts: SimpleCNNOptions, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    channels, height, width = input_shape
-    w = opts.width
-    second = 1 if opts.padding == "same" else 0
-
-    def block(c_in: int, c_out: int) -> list[nn.Module]:
-        return [
-            nn.Conv2d(c_in, c_out, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(c_out, c_out, 3, padding=second),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        ]
-
-    features = nn.Sequential(*block(channels, w), *block(w, 2 * w), nn.Flatten())
-    with torch.no_grad():
-        flat = features(torch.zeros(1, channels, height, width)).shape[1]
-    return nn.Sequential(features, nn.Linear(flat, opts.hidden), nn.ReLU(), nn.Linear(opts.hidden, num_classes))
-
-
-def mlp(opts: MLPOptions, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    layers: list[nn.Module] = [nn.Flatten()]
-    width = int(torch.tensor(input_shape).prod())
-    for _ in range(opts.depth):
-        layers += [nn.Linear(width, opts.hidden), nn.ReLU()]
-        width = opts.hidden
-    layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
-
-
-def _image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    if len(input_shape) != 3:
-        raise ConfigError(f"model: {name} needs image inputs (channels, height, width), got shape {tuple(input_shape)}")
-    return input_shape[0], input_shape[1], input_shape[2]
-
-
-def _he_init(model: nn.Module) -> nn.Module:
-    """He-normal convolutions (fan-out, as the reference VGG/WRN/DenseNet code), zero biases;
-    Linear weights and BatchNorm keep PyTorch's defaults."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
-            nn.init.zeros_(m.bias)
-    return model
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class VGGOptions:
-    """VGG-11 (Simonyan & Zisserman 2015, config A) for 32×32 images (CIFAR), without dropout.
-
-    Conv widths are width × (1, M, 2, M, 4, 4, M, 8, 8, M, 8, 8, M), so width 64 is the original;
-    the classifier is two hidden Linear-ReLU layers of ``hidden`` units (the CIFAR VGG of
-    pytorch-vgg-cifar10 without its dropout) or, with ``hidden: 0``, a single Linear, and takes
-    the final feature map flattened (1×1 on 32×32 inputs). Inputs need at least 32×32 px for the
-    five 2×2 max pools: on smaller ones (digits' 8×8) the last stages would run 3×3 convolutions
-    on 1×1 maps, which without BN shrink the signal about 3× per layer (measured: digits did not
-    train), so they are refused rather than built with pools skipped.
-    """
-
-    batch_norm: bool = False  # the paper's Table 1 VGG-11 has neither BN nor dropout
-    width: int = 64
-    hidden: int = 512
-
-    def __post_init__(self) -> None:
-        require(self.width >= 1, "model.width", "an integer ≥ 1 (channels of the first conv)", self.width)
-        require(self.hidden >= 0, "model.hidden", "an integer ≥ 0 (0: a single Linear classifier)", self.hidden)
-
-
-VGG11 = (1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8, "M")  # config A, conv widths in units of `width`
-VGG_MIN_PX = 32
-
-
-def vgg11(opts: VGGOptions, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    channels, height, width = _image_shape("vgg11", input_shape)
-    if min(height, width) < VGG_MIN_PX:
-        raise ConfigError(
-            f"model: vgg11 needs inputs of at least {VGG_MIN_PX}×{VGG_MIN_PX} px (five 2×2 max pools), "
-            f"got shape {tuple(input_shape)}; for smaller images use simple_cnn, resnet56 or wrn"
-        )
-    features: list[nn.Module] = []
-    for item in VGG11:
-        if isinstance(item, str):
-            features.append(nn.MaxPool2d(2))
-            height, width = height // 2, width // 2
-            continue
-        c_out = item * opts.width
-        features.append(nn.Conv2d(channels, c_out, 3, padding=1, bias=not opts.batch_norm))
-        features += [nn.BatchNorm2d(c_out), nn.ReLU()] if opts.batch_norm else [nn.ReLU()]
-        channels = c_out
-    flat = channels * height * width
-    classifier: list[nn.Module] = [nn.Flatten()]
-    if opts.hidden:
-        classifier += [nn.Linear(flat, opts.hidden), nn.ReLU(), nn.Linear(opts.hidden, opts.hidden), nn.ReLU()]
-        flat = opts.hidden
-    classifier.append(nn.Linear(flat, num_classes))
-    layers = {"features": nn.Sequential(*features), "classifier": nn.Sequential(*classifier)}
-    return _he_init(nn.Sequential(OrderedDict(layers)))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -275,7 +139,7 @@ class WideBlock(nn.Module):
 
 
 def wrn(opts: WRNOptions, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    channels, _, _ = _image_shape("wrn", input_shape)
+    channels, _, _ = image_shape("wrn", input_shape)
     layers: dict[str, nn.Module] = {"stem": nn.Conv2d(channels, 16, 3, padding=1, bias=not opts.batch_norm)}
     c_in = 16
     for stage, width in enumerate((16 * opts.width, 32 * opts.width, 64 * opts.width)):
@@ -287,92 +151,4 @@ def wrn(opts: WRNOptions, input_shape: tuple[int, ...], num_classes: int) -> nn.
     layers["bn"] = nn.BatchNorm2d(c_in) if opts.batch_norm else nn.Identity()
     layers |= {"relu": nn.ReLU(), "pool": nn.AdaptiveAvgPool2d(1), "flatten": nn.Flatten()}
     layers["fc"] = nn.Linear(c_in, num_classes)
-    return _he_init(nn.Sequential(OrderedDict(layers)))
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class DenseNetOptions:
-    """DenseNet-BC (Huang et al. 2017) for small images, with BatchNorm: a 2k-channel 3×3 stem,
-    three dense blocks of (L − 4)/6 bottleneck layers (BN-ReLU-conv1×1 to 4k channels,
-    BN-ReLU-conv3×3 to k, concatenated to the input), joined by transitions that halve the
-    channels (BN-ReLU-conv1×1) and the resolution (2×2 average pool)."""
-
-    depth: int = 40  # L; 40 and k = 12 as in the paper's Table 1, 100 as in Huang et al.
-    growth: int = 12  # k
-
-    def __post_init__(self) -> None:
-        require(
-            self.depth >= 10 and (self.depth - 4) % 6 == 0,
-            "model.depth",
-            "6n + 4 with n ≥ 1 (e.g. 40, 100, 190)",
-            self.depth,
-        )
-        require(self.growth >= 1, "model.growth", "an integer ≥ 1", self.growth)
-
-
-class DenseLayer(nn.Module):
-    def __init__(self, c_in: int, growth: int) -> None:
-        super().__init__()
-        self.bn1, self.relu1 = nn.BatchNorm2d(c_in), nn.ReLU()
-        self.conv1 = nn.Conv2d(c_in, 4 * growth, 1, bias=False)
-        self.bn2, self.relu2 = nn.BatchNorm2d(4 * growth), nn.ReLU()
-        self.conv2 = nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        new = self.conv2(self.relu2(self.bn2(self.conv1(self.relu1(self.bn1(x))))))
-        return torch.cat([x, new], 1)  # (B, c_in + k, H, W)
-
-
-def densenet_bc(opts: DenseNetOptions, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    channels, _, _ = _image_shape("densenet_bc", input_shape)
-    c = 2 * opts.growth
-    layers: dict[str, nn.Module] = {"stem": nn.Conv2d(channels, c, 3, padding=1, bias=False)}
-    for block in range(3):
-        dense = []
-        for _ in range((opts.depth - 4) // 6):
-            dense.append(DenseLayer(c, opts.growth))
-            c += opts.growth
-        layers[f"block{block + 1}"] = nn.Sequential(*dense)
-        if block < 2:
-            transition = [nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False), nn.AvgPool2d(2)]
-            layers[f"transition{block + 1}"] = nn.Sequential(*transition)
-            c //= 2  # compression θ = 0.5
-    layers |= {"bn": nn.BatchNorm2d(c), "relu": nn.ReLU(), "pool": nn.AdaptiveAvgPool2d(1), "flatten": nn.Flatten()}
-    layers["fc"] = nn.Linear(c, num_classes)
-    return _he_init(nn.Sequential(OrderedDict(layers)))
-
-
-@dataclass(frozen=True, slots=True)
-class ModelEntry:
-    build: Callable[[Any, tuple[int, ...], int], nn.Module]
-    options: type
-
-
-MODELS: dict[str, ModelEntry] = {
-    "simple_cnn": ModelEntry(simple_cnn, SimpleCNNOptions),
-    "mlp": ModelEntry(mlp, MLPOptions),
-    "resnet56": ModelEntry(resnet, ResNetOptions),
-    "vgg11": ModelEntry(vgg11, VGGOptions),
-    "wrn": ModelEntry(wrn, WRNOptions),
-    "densenet_bc": ModelEntry(densenet_bc, DenseNetOptions),
-}
-
-
-def model_entry(name: str) -> ModelEntry:
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise ConfigError(f"model.name: unknown model {name!r}; choose one of {sorted(MODELS)}") from None
-
-
-def build_model(name: str, options: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Build model ``name``; a shape mismatch with the data set is a :class:`ConfigError`."""
-    entry = model_entry(name)
-    try:
-        model = entry.build(options, input_shape, num_classes)
-        with torch.no_grad():
-            model.eval()(torch.zeros(2, *input_shape))
-    except RuntimeError as exc:
-        hint = " (simple_cnn needs ≥ 16 px unless model.padding is 'same')" if name == "simple_cnn" else ""
-        raise ConfigError(f"model: {name} cannot take inputs of shape {tuple(input_shape)}{hint}: {exc}") from None
-    return model.train()
+    return he_init(nn.Sequential(OrderedDict(layers)))
