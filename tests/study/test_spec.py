@@ -97,6 +97,12 @@ BAD: list[tuple[str, str, str]] = [
     ("tracking plain path", GOOD + "tracking: {uri: ./mlruns}\n", "tracking.uri"),
     ("tracking file uri", GOOD + "tracking: {uri: 'file:///tmp/mlruns'}\n", "tracking.uri"),
     ("augment on digits", GOOD + "data: {augment: true}\n", "data.augment"),
+    ("unknown data set", GOOD + "data: {name: imagenet}\n", "data.name"),
+    ("cache dir relative", GOOD + "data: {name: cifar10, cache_dir: cache}\n", "data.cache_dir"),
+    ("cache dir under a file", GOOD + "data: {name: cifar10, cache_dir: /etc/hostname/cache}\n", "data.cache_dir"),
+    ("vgg on 8 px digits", GOOD.replace("model: {name: mlp}", "model: {name: vgg11}"), "32"),
+    ("wrn depth", GOOD.replace("model: {name: mlp}", "model: {name: wrn, depth: 17}"), "model.depth"),
+    ("densenet growth", GOOD.replace("model: {name: mlp}", "model: {name: densenet_bc, growth: 0}"), "model.growth"),
 ]
 
 
