@@ -30,13 +30,14 @@ from ray.tune.schedulers import ASHAScheduler
 import trainables
 from study import exit_codes
 from study.cluster import check_resources, check_results_shared
+from study.mlflow_study import experiment_id, parent_run
 from study.options import LaunchOptions
 from study.progress import ProgressPrinter
 from study.searcher import build_searcher
 from study.spec import StudySpec
 from study.status import print_summary
 from study.store import Launch, StudyStore
-from study.tracking import MlflowTracking, experiment_id, parent_run
+from study.tracking import MlflowTracking
 from trainables.config import SEEDS_KEY
 from trainables.data import ensure_available
 from trainables.schema import ConfigError

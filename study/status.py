@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from study.tracking import OUTCOME, ROLE, TRIAL_ID
+from study.mlflow_study import OUTCOME, ROLE, TRIAL_ID
 from trainables.schema import ConfigError
 
 COLUMNS = {  # MLflow metric → table column

@@ -24,13 +24,12 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from study.spec import StudySpec
+from study.mlflow_study import MAX_PARAMS_PER_BATCH, OUTCOME, ROLE, TRIAL_ID
 from trainables.config import TrialConfig
 
 log = logging.getLogger(__name__)
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
-MAX_PARAMS_PER_BATCH = 100
 EPOCH_METRICS = ("val_accuracy", "val_loss", "test_accuracy", "test_loss")
 CURVE_METRICS = (
     "epoch",
@@ -42,7 +41,6 @@ CURVE_METRICS = (
     "fisher_trace_batch",
     "fisher_trace_empirical",
 )
-ROLE, TRIAL_ID, OUTCOME = "fishtune.role", "fishtune.trial_id", "fishtune.outcome"
 
 
 def trial_outcome(trial: Trial, errored: bool) -> str:
@@ -53,48 +51,6 @@ def trial_outcome(trial: Trial, errored: bool) -> str:
     if last in ("completed", "diverged", "failed"):
         return last
     return "early_stopped"  # stopped by the scheduler before its last epoch
-
-
-def experiment_id(client: MlflowClient, spec: StudySpec) -> str:
-    exp = client.get_experiment_by_name(spec.name)
-    if exp is not None:
-        return exp.experiment_id
-    artifacts = None
-    if spec.tracking.uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in cwd
-        artifacts = (Path(spec.tracking.uri.removeprefix("sqlite:///")).parent / "mlartifacts" / spec.name).as_uri()
-    return client.create_experiment(spec.name, artifact_location=artifacts)
-
-
-def parent_run(client: MlflowClient, spec: StudySpec, versions: dict[str, str]) -> str:
-    """The study's parent run id; created once with the resolved, flattened spec as params."""
-    exp = experiment_id(client, spec)
-    found = client.search_runs([exp], filter_string=f"tags.`{ROLE}` = 'study'", max_results=1)
-    if found:
-        return found[0].info.run_id
-    run = client.create_run(
-        exp, run_name=spec.name, tags={ROLE: "study", "fishtune.searched": ",".join(spec.search.space)}
-    )
-    run_id = run.info.run_id
-    flat = _flatten_yaml(spec.to_yaml_dict())
-    params = [Param(k, str(v)) for k, v in flat.items()]
-    for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
-        client.log_batch(run_id, params=params[start : start + MAX_PARAMS_PER_BATCH])
-    client.log_batch(run_id, tags=[RunTag(f"fishtune.version.{k}", v) for k, v in versions.items()])
-    client.log_dict(run_id, spec.to_yaml_dict(), "spec.yaml")
-    return run_id
-
-
-def _flatten_yaml(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if name == "search.space":
-            out.update({f"{name}.{field}": json.dumps(domain) for field, domain in value.items()})
-        elif isinstance(value, dict):
-            out.update(_flatten_yaml(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
 
 
 @dataclass(slots=True)

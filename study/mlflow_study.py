@@ -1,0 +1,62 @@
+"""The study's MLflow experiment and its parent run (design.md §4).
+
+One experiment per study (named after it), holding one parent run with the resolved spec as
+params and the versions as tags; trial runs are its children (``study.tracking``). Found by
+name and by the ``fishtune.role`` tag, so every launch and resume of a study reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from study.spec import StudySpec
+
+MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit for params
+ROLE, TRIAL_ID, OUTCOME = "fishtune.role", "fishtune.trial_id", "fishtune.outcome"
+
+
+def experiment_id(client: MlflowClient, spec: StudySpec) -> str:
+    exp = client.get_experiment_by_name(spec.name)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = None
+    if spec.tracking.uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in cwd
+        artifacts = (Path(spec.tracking.uri.removeprefix("sqlite:///")).parent / "mlartifacts" / spec.name).as_uri()
+    return client.create_experiment(spec.name, artifact_location=artifacts)
+
+
+def parent_run(client: MlflowClient, spec: StudySpec, versions: dict[str, str]) -> str:
+    """The study's parent run id; created once with the resolved, flattened spec as params."""
+    exp = experiment_id(client, spec)
+    found = client.search_runs([exp], filter_string=f"tags.`{ROLE}` = 'study'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        exp, run_name=spec.name, tags={ROLE: "study", "fishtune.searched": ",".join(spec.search.space)}
+    )
+    run_id = run.info.run_id
+    flat = _flatten_yaml(spec.to_yaml_dict())
+    params = [Param(k, str(v)) for k, v in flat.items()]
+    for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=params[start : start + MAX_PARAMS_PER_BATCH])
+    client.log_batch(run_id, tags=[RunTag(f"fishtune.version.{k}", v) for k, v in versions.items()])
+    client.log_dict(run_id, spec.to_yaml_dict(), "spec.yaml")
+    return run_id
+
+
+def _flatten_yaml(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if name == "search.space":
+            out.update({f"{name}.{field}": json.dumps(domain) for field, domain in value.items()})
+        elif isinstance(value, dict):
+            out.update(_flatten_yaml(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
