@@ -44,6 +44,11 @@ def trial_device() -> tuple[torch.device, str]:
     return torch.device("cpu"), ""
 
 
+def device_name(device: torch.device) -> str:
+    """``cpu`` or ``cuda:N``, as the ``fishtune.device`` tag says it."""
+    return "cpu" if device.type == "cpu" else f"{device.type}:{device.index or 0}"
+
+
 def node_id() -> str:
     """The Ray node this trial runs on (several nodes can share one IP address)."""
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
@@ -64,7 +69,7 @@ def to_result(report: EpochReport, device: torch.device, note: str) -> dict[str,
         "step": report.step,
         "fishtune_outcome": report.outcome,
         "fishtune_diverged_reason": report.diverged_reason or "",
-        "fishtune_device": "cpu" if device.type == "cpu" else f"{device.type}:{device.index or 0}",
+        "fishtune_device": device_name(device),
         "fishtune_device_note": note,
         "fishtune_node_id": node_id(),
         "curves": report.curves,
@@ -79,20 +84,21 @@ def load_state(directory: str, device: torch.device) -> dict[str, Any]:
     return state
 
 
-def failed_result(error: BaseException, last: dict[str, Any] | None, device: torch.device, note: str) -> dict[str, Any]:
-    """The last report of a trial whose code raised: its traceback, and the objective keys of
-    its last report (Ray's searcher and scheduler want them in every report; NaN if none)."""
+def failed_result(error: BaseException, last: dict[str, Any] | None, device: str, note: str) -> dict[str, Any]:
+    """The last report of a trial whose code raised: its traceback at the step of its last
+    report. Ray's searcher and scheduler want the objective keys in every report: NaN, so that
+    no scheduler (ASHA) ranks other trials against a value this trial did not reach."""
     text = "".join(traceback.format_exception(error)).strip()
     previous = last or {}
     return {
-        "val_accuracy": previous.get("val_accuracy", float("nan")),
-        "val_loss": previous.get("val_loss", float("nan")),
+        "val_accuracy": float("nan"),
+        "val_loss": float("nan"),
         "epoch": previous.get("epoch", 0),
         "step": previous.get("step", 0),
         "fishtune_outcome": "failed",
         "fishtune_error": text[-MAX_TRACEBACK_CHARS:],
         "fishtune_diverged_reason": "",
-        "fishtune_device": previous.get("fishtune_device", "cpu" if device.type == "cpu" else str(device)),
+        "fishtune_device": device,
         "fishtune_device_note": note,
         "fishtune_node_id": node_id(),
         "curves": {},
@@ -101,15 +107,17 @@ def failed_result(error: BaseException, last: dict[str, Any] | None, device: tor
 
 
 def fishtune_trainable(config: dict[str, Any]) -> None:
-    cfg = TrialConfig.from_tune(config)
-    _set_threads()
     device, note = trial_device()
-    state = None
-    if (checkpoint := tune.get_checkpoint()) is not None:
-        with checkpoint.as_directory() as d:
-            state = load_state(d, device)
-    last = {"epoch": state["epoch"], "step": state["step"], **(state["last_objective"] or {})} if state else None
+    last: dict[str, Any] | None = None
     try:
+        cfg = TrialConfig.from_tune(config)
+        _set_threads()
+        state = None
+        if (checkpoint := tune.get_checkpoint()) is not None:
+            with checkpoint.as_directory() as d:
+                state = load_state(d, device)
+        if state:
+            last = {"epoch": state["epoch"], "step": state["step"]}
         for report in train(cfg, device, state):
             last = to_result(report, device, note)
             if not report.state:
@@ -120,5 +128,5 @@ def fishtune_trainable(config: dict[str, Any]) -> None:
                 tune.report(last, checkpoint=tune.Checkpoint.from_directory(d))
     except TRANSIENT_ERRORS:
         raise
-    except Exception as error:  # deterministic: recorded as this trial's failure, not retried
-        tune.report(failed_result(error, last, device, note))
+    except Exception as error:  # deterministic (also a bad config or checkpoint): recorded, not retried
+        tune.report(failed_result(error, last, device_name(device), note))
