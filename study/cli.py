@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from study import exit_codes
-from study.options import LaunchOptions
+from study.options import RAY_JOB_ENV, LaunchOptions
 from study.spec import NAME_PATTERN, StudySpec, Tracking, load_spec
 from study.store import StudyStore
 from trainables.schema import ConfigError
-
-RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver of a submitted job
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -167,9 +165,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _launch_options(args: argparse.Namespace) -> LaunchOptions:
+    results = getattr(args, "results", None)
+    if results is not None and "://" not in results:  # a folder: absolute, as every node sees it
+        results = str(Path(results).expanduser().resolve())
     given = {
         "address": args.address,
-        "results": getattr(args, "results", None),
+        "results": results,
         "mlflow_wait_s": args.mlflow_wait,
         "pending_timeout_s": args.pending_timeout,
     }

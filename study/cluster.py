@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import GetTimeoutError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from study.spec import Resources, StudySpec
@@ -163,4 +164,10 @@ def _probe(nodes: list[Node], path: str) -> list[bool]:
         probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False)).remote(path)
         for node in nodes
     ]
-    return list(ray.get(refs, timeout=PROBE_TIMEOUT_S))
+    try:
+        return list(ray.get(refs, timeout=PROBE_TIMEOUT_S))
+    except (GetTimeoutError, RayError) as exc:  # a node died or hangs: the folder cannot be vouched for
+        raise ConfigError(
+            f"--results: could not check from every node that {path} is visible ({type(exc).__name__}); "
+            "retry, or pass an s3:// or gs:// URI"
+        ) from None

@@ -31,7 +31,7 @@ import trainables
 from study import exit_codes
 from study.cluster import check_resources, check_results_shared
 from study.mlflow_study import experiment_id, parent_run
-from study.options import LaunchOptions
+from study.options import RAY_JOB_ENV, LaunchOptions
 from study.progress import ProgressPrinter
 from study.searcher import build_searcher
 from study.spec import StudySpec
@@ -65,8 +65,6 @@ class Outcome:
 def ray_session(address: str | None) -> Iterator[None]:
     """Use Ray if this process already initialised it; else start (or join) and shut it down."""
     os.environ.update(WORKER_ENV)
-    for key, value in MLFLOW_CLIENT_ENV.items():
-        os.environ.setdefault(key, value)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; ProgressPrinter prints
     if ray.is_initialized():
         yield
@@ -76,9 +74,10 @@ def ray_session(address: str | None) -> Iterator[None]:
         # "local": a new Ray even where `ray start` left an address behind (ray.init() would join it)
         ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
     else:
-        # Other nodes import the trainable from this copy of `trainables`, not from whatever
-        # version their image has (a Ray job's working_dir is merged with this by Ray).
-        kwargs["runtime_env"] = {**WORKER_RUNTIME_ENV, "py_modules": [str(Path(trainables.__file__).parent)]}
+        if RAY_JOB_ENV not in os.environ:  # a Ray job's working_dir already ships the code
+            # Other nodes import the trainable from this copy of `trainables`, not from
+            # whatever version their image has.
+            kwargs["runtime_env"] = {**WORKER_RUNTIME_ENV, "py_modules": [str(Path(trainables.__file__).parent)]}
         ray.init(address=address, **kwargs)
     # Ray's core worker installs a SIGTERM handler that aborts the driver; take SIGTERM back so
     # that it stops the study like Ctrl-C does (Tune saves its state, exit 130).
@@ -90,16 +89,19 @@ def ray_session(address: str | None) -> Iterator[None]:
         ray.shutdown()
 
 
-def replay_unwritten(spec: StudySpec, store: StudyStore, client: MlflowClient, parent: str) -> None:
+def replay_unwritten(spec: StudySpec, store: StudyStore, client: MlflowClient, exp: str, parent: str) -> None:
     """Write what an earlier launch could not store in MLflow (kept in the study folder)."""
     if not store.unwritten_path.is_file():
         return
-    tracking = MlflowTracking(spec.tracking.uri, experiment_id(client, spec), parent)
-    left = tracking.replay(store.unwritten_path)
+    left = MlflowTracking(spec.tracking.uri, exp, parent).replay(store.unwritten_path)
     if left:
-        tracking.save_pending(store.unwritten_path)
-        raise RuntimeError(f"MLflow refused {left} saved write(s) from {store.unwritten_path}")
+        raise ConfigError(
+            f"tracking.uri: the MLflow store {spec.tracking.uri} still does not take the {left} write(s) kept in "
+            f"{store.unwritten_path}; check the store, or delete that file to give them up"
+        )
     print(f"study {spec.name}: wrote the MLflow data an earlier launch had kept in {store.unwritten_path}", flush=True)
+    if store.launches() and store.launches()[-1].finished:
+        _close_parent(client, parent, RunStatus.to_string(RunStatus.FINISHED))
 
 
 def prepare_data(spec: StudySpec) -> None:
@@ -115,8 +117,8 @@ def prepare_data(spec: StudySpec) -> None:
 def _replay_without_launch(spec: StudySpec, store: StudyStore) -> None:
     if store.unwritten_path.is_file():
         check_reachable(spec.tracking.uri)
-        client, _, parent = open_parent_run(spec)
-        replay_unwritten(spec, store, client, parent)
+        client, exp, parent = open_parent_run(spec)
+        replay_unwritten(spec, store, client, exp, parent)
 
 
 def versions() -> dict[str, str]:
@@ -172,7 +174,13 @@ def trainable(spec: StudySpec) -> Callable[..., Any]:
     return tune.with_resources(fishtune_trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
+def use_short_mlflow_retries() -> None:
+    for key, value in MLFLOW_CLIENT_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def start_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) -> Outcome:
+    use_short_mlflow_retries()
     launches = store.launches()
     if launches and not launches[-1].finished:
         raise ConfigError(
@@ -193,7 +201,7 @@ def start_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) -> 
         if options.address is not None:
             check_results_shared(results)
         client, exp, parent = open_parent_run(spec)  # MLflow is written only once every check passed
-        replay_unwritten(spec, store, client, parent)
+        replay_unwritten(spec, store, client, exp, parent)
         store.save_spec(spec)
         index = len(launches) + 1
         launch = Launch(index, f"launch-{index}", results, spec.search.num_samples, todo)
@@ -234,6 +242,7 @@ def start_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) -> 
 
 
 def resume_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) -> Outcome:
+    use_short_mlflow_retries()
     launches = store.launches()
     if not launches or launches[-1].finished:
         _replay_without_launch(spec, store)
@@ -251,8 +260,8 @@ def resume_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) ->
             check_results_shared(launch.results)
         if not tune.Tuner.can_restore(path):
             raise ConfigError(f"study {spec.name!r}: no Tune experiment state at {path} to resume")
-        client, _, parent = open_parent_run(spec)
-        replay_unwritten(spec, store, client, parent)
+        client, exp, parent = open_parent_run(spec)
+        replay_unwritten(spec, store, client, exp, parent)
         print(f"study {spec.name}: resuming {launch.experiment} from {path}", flush=True)
         tuner = tune.Tuner.restore(path, trainable(spec), resume_unfinished=True, param_space=param_space(spec))
         return _finish(spec, store, client, parent, tuner, options.mlflow_wait_s)
@@ -286,33 +295,39 @@ def _finish(
     spec: StudySpec, store: StudyStore, client: MlflowClient, parent: str, tuner: tune.Tuner, mlflow_wait_s: float
 ) -> Outcome:
     client.update_run(parent, status=RunStatus.to_string(RunStatus.RUNNING))
-    interrupted, unwritten = True, 0
+    interrupted, unwritten, refused = True, 0, 0
     try:
         grid = tuner.fit()
+        launches = store.launches()
+        interrupted = grid.num_terminated + grid.num_errors < launches[-1].num_samples
+        if not interrupted:
+            launches[-1].finished = True
+            store.save_launches(launches)
+    finally:  # also when fit() raised: what MLflow has not taken yet is kept, never dropped
         for callback in tracking_callbacks(tuner):
             if callback.drain(mlflow_wait_s):
                 unwritten += len(callback.pending)
                 callback.save_pending(store.unwritten_path)
-        launches = store.launches()
-        finished = grid.num_terminated + grid.num_errors
-        interrupted = finished < launches[-1].num_samples
-        if not interrupted:
-            launches[-1].finished = True
-            store.save_launches(launches)
-    finally:
+            refused += callback.refused
         status = RunStatus.KILLED if interrupted else RunStatus.FINISHED
         _close_parent(client, parent, RunStatus.to_string(status))
-    if unwritten:
-        return Outcome(
-            exit_codes.FAILED,
-            f"study {spec.name}: the MLflow store {spec.tracking.uri} did not take {unwritten} write(s); they are kept "
-            f"in {store.unwritten_path} and written by the next `fishtune resume {spec.name}` or `fishtune run`",
-        )
-    print_summary(client, spec.name)
+    kept = (
+        f"; the MLflow store {spec.tracking.uri} did not take {unwritten} write(s): they are kept in "
+        f"{store.unwritten_path} and written by the next `fishtune resume {spec.name}` or `fishtune run`"
+        if unwritten
+        else ""
+    )
     if interrupted:
         return Outcome(
             exit_codes.INTERRUPTED,
-            f"study {spec.name} interrupted; state saved. Continue with: fishtune resume {spec.name}",
+            f"study {spec.name} interrupted; state saved. Continue with: fishtune resume {spec.name}{kept}",
+        )
+    if unwritten:
+        return Outcome(exit_codes.FAILED, f"study {spec.name} finished{kept}")
+    print_summary(client, spec.name)
+    if refused:
+        return Outcome(
+            exit_codes.FAILED, f"study {spec.name} finished; MLflow refused {refused} write(s) (errors above)"
         )
     reported = (grid[i].metrics or {} for i in range(len(grid)))
     failed = grid.num_errors + sum(m.get("fishtune_outcome") == "failed" for m in reported)
@@ -324,5 +339,5 @@ def _finish(
 def _close_parent(client: MlflowClient, parent: str, status: str) -> None:
     try:
         client.set_terminated(parent, status=status)
-    except Exception as exc:  # the store is down: the next launch or resume sets the status again
+    except Exception as exc:  # the store is down: replaying the kept writes closes it later
         log.warning("could not close the study's MLflow run %s (%s: %s)", parent, type(exc).__name__, str(exc)[:200])

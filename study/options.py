@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver of a submitted job
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LaunchOptions:
-    """How a launch runs (CLI flags), as opposed to what it runs (the spec)."""
+    """Defaults of the run/resume flags live here only."""
 
     address: str | None = None  # join this Ray cluster; None starts a local Ray
     results: str | None = None  # Tune storage_path; None: <storage>/runs/<study>/ray

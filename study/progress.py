@@ -49,7 +49,8 @@ class ProgressPrinter(Callback):
         checkpoint = trial.latest_checkpoint_result
         start = f"its checkpoint of epoch {checkpoint.metrics.get('epoch')}" if checkpoint else "scratch"
         self._print(
-            f"    {trial.trial_id} lost its worker on {node} (failure {trial.run_metadata.num_failures}); "
+            f"    {trial.trial_id} lost its worker or hit a transient error on {node} "
+            f"(failure {trial.run_metadata.num_failures}); "
             f"restarting from {start}"
         )
 

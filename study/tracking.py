@@ -3,8 +3,9 @@
 All MLflow I/O happens here, on the driver, through an explicit ``MlflowClient``: trials never
 talk to the store (no SQLite migration races, no store reachability needed on workers). A
 child run is looked up by its ``fishtune.trial_id`` tag before one is created, so retries,
-restores and resumed studies continue the same run. Metrics that cannot be written (store
-unreachable) are buffered and retried on the next write, and the user is told.
+restores and resumed studies continue the same run. Writes the store cannot take (unreachable)
+wait in an ordered queue, retried on later events and drained at the end of the launch; what is
+still unwritten then is kept on disk for the next launch. The user is told each time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Literal
 
 import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.experiment import Trial
@@ -28,6 +30,11 @@ from study.mlflow_study import MAX_PARAMS_PER_BATCH, OUTCOME, ROLE, TRIAL_ID
 from trainables.config import TrialConfig
 
 log = logging.getLogger(__name__)
+
+RETRY_PAUSE_S = 10.0
+# MLflow error codes that retrying cannot fix (the request itself is refused, e.g. a param
+# logged again with another value, or a run deleted by hand); anything else counts as an outage.
+REFUSED_FOR_GOOD = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST"})
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 EPOCH_METRICS = ("val_accuracy", "val_loss", "test_accuracy", "test_loss")
@@ -68,6 +75,10 @@ class Write:
     metrics: list[Metric] = field(default_factory=list)
     tags: list[RunTag] = field(default_factory=list)
     status: str = ""
+
+    def describe(self) -> str:
+        keys = sorted({m.key for m in self.metrics} | {p.key for p in self.params} | {t.key for t in self.tags})
+        return f"a {self.kind} write of trial {self.trial_id} (keys: {', '.join(keys)[:200] or 'none'})"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,6 +126,8 @@ class MlflowTracking(Callback):
         self._pending: list[Write] = []
         self._held: dict[str, list[Write]] = {}  # trial id → writes waiting for their checkpoint
         self._warned = False
+        self._retry_at = 0.0  # monotonic time before which events do not retry a failed store
+        self.refused = 0  # writes the store refused for good (logged, dropped)
 
     @property
     def client(self) -> MlflowClient:
@@ -252,37 +265,55 @@ class MlflowTracking(Callback):
             frame.to_parquet(path, index=False)
             self.client.log_artifact(run_id, str(path))
 
-    def flush(self) -> int:
-        """Write what is queued, in order; return how many writes are still pending."""
+    def flush(self, force: bool = False) -> int:
+        """Write what is queued, in order; return how many writes are still pending.
+
+        After a failure, events within :data:`RETRY_PAUSE_S` do not retry (``force`` does): a
+        server that does not answer would otherwise stall Tune's event loop on every event.
+        A write the store refuses for good (e.g. a run deleted by hand) is dropped with an error
+        naming it, so that it does not hold back every write behind it."""
+        if not force and time.monotonic() < self._retry_at:
+            return len(self._pending)
         while self._pending:
             try:
                 self._apply(self._pending[0])
-            except Exception as exc:  # the store is down: keep everything, retry on the next event
-                if not self._warned:
-                    log.warning(
-                        "MLflow store %s unreachable (%s: %s); buffering %d write(s) and retrying",
-                        self.tracking_uri,
-                        type(exc).__name__,
-                        str(exc)[:200],
-                        len(self._pending),
-                    )
-                    self._warned = True
-                return len(self._pending)
+            except MlflowException as exc:
+                if exc.error_code not in REFUSED_FOR_GOOD:
+                    return self._unreachable(exc)
+                write = self._pending.pop(0)
+                self.refused += 1
+                log.error("MLflow refused %s; it is not retried: %s", write.describe(), str(exc)[:300])
+                continue
+            except Exception as exc:  # the store is down: keep everything, retry later
+                return self._unreachable(exc)
             self._pending.pop(0)
         if self._warned:
             log.warning("MLflow store reachable again; every buffered write is stored")
             self._warned = False
         return 0
 
+    def _unreachable(self, exc: Exception) -> int:
+        self._retry_at = time.monotonic() + RETRY_PAUSE_S
+        if not self._warned:
+            log.warning(
+                "MLflow store %s unreachable (%s: %s); buffering %d write(s) and retrying",
+                self.tracking_uri,
+                type(exc).__name__,
+                str(exc)[:200],
+                len(self._pending),
+            )
+            self._warned = True
+        return len(self._pending)
+
     def drain(self, timeout_s: float, poll_s: float = 2.0) -> int:
         """Retry the queue until it is empty or ``timeout_s`` passed; return what is left."""
         deadline = time.monotonic() + timeout_s
-        left = self.flush()
+        left = self.flush(force=True)
         if left:
             log.warning("waiting up to %.0f s for the MLflow store to take %d buffered write(s)", timeout_s, left)
         while left and time.monotonic() < deadline:
             time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
-            left = self.flush()
+            left = self.flush(force=True)
         return left
 
     def save_pending(self, path: Path) -> None:
@@ -290,7 +321,8 @@ class MlflowTracking(Callback):
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
             for write in self._pending:
-                f.write(json.dumps({"runs": self._names, "write": write.to_json()}) + "\n")
+                name = {write.trial_id: self._names.get(write.trial_id, write.trial_id)}
+                f.write(json.dumps({"runs": name, "write": write.to_json()}) + "\n")
         self._pending.clear()
 
     def replay(self, path: Path) -> int:
@@ -302,8 +334,10 @@ class MlflowTracking(Callback):
             entry = json.loads(line)
             self._names.update(entry["runs"])
             self._pending.append(Write.from_json(entry["write"]))
-        path.unlink()
-        return self.flush()
+        left = self.flush(force=True)
+        if not left:
+            path.unlink()
+        return left
 
 
 def _chunks(items: list[Metric], size: int) -> Iterable[list[Metric]]:

@@ -249,6 +249,8 @@ def _write_decoded(path: Path, arrays: dict[str, np.ndarray]) -> None:
             np.savez(out, **{k: arrays[k] for k in _DECODED_KEYS}, allow_pickle=False)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as exc:  # e.g. a full disk: the arrays in memory are still good
+        logger.warning("cannot cache the decoded data in %s (%s); decoding the archive every time", path, exc)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

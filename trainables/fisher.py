@@ -156,7 +156,7 @@ def _vmap_norms(
     out: dict[str, torch.Tensor] = {}
     for name, g in grads.items():
         path = path_of[id(params[name])]
-        sq = g.pow(2).reshape(len(g), -1).sum(1)  # (N,); also for 0-dim parameters (SkipInit's gain)
+        sq = g.pow(2).reshape(len(g), -1).sum(1)  # (N,); also for 0-dim parameters (e.g. a scalar gain)
         out[path] = out[path] + sq if path in out else sq
     return out
 
