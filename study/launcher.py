@@ -100,7 +100,8 @@ def replay_unwritten(spec: StudySpec, store: StudyStore, client: MlflowClient, e
             f"{store.unwritten_path}; check the store, or delete that file to give them up"
         )
     print(f"study {spec.name}: wrote the MLflow data an earlier launch had kept in {store.unwritten_path}", flush=True)
-    if store.launches() and store.launches()[-1].finished:
+    launches = store.launches()
+    if launches and launches[-1].finished:
         _close_parent(client, parent, RunStatus.to_string(RunStatus.FINISHED))
 
 

@@ -61,6 +61,11 @@ def _set_threads() -> None:
     torch.set_num_threads(max(1, int(cpus)))
 
 
+def placement(device: str, note: str) -> dict[str, str]:
+    """Where the trial ran, in every report: its device (and why, if not the assigned one) and node."""
+    return {"fishtune_device": device, "fishtune_device_note": note, "fishtune_node_id": node_id()}
+
+
 def to_result(report: EpochReport, device: torch.device, note: str) -> dict[str, Any]:
     """The dict given to ``tune.report``; the driver's tracking callback reads these keys."""
     return {
@@ -69,9 +74,7 @@ def to_result(report: EpochReport, device: torch.device, note: str) -> dict[str,
         "step": report.step,
         "fishtune_outcome": report.outcome,
         "fishtune_diverged_reason": report.diverged_reason or "",
-        "fishtune_device": device_name(device),
-        "fishtune_device_note": note,
-        "fishtune_node_id": node_id(),
+        **placement(device_name(device), note),
         "curves": report.curves,
         "summary": report.summary,
     }
@@ -98,9 +101,7 @@ def failed_result(error: BaseException, last: dict[str, Any] | None, device: str
         "fishtune_outcome": "failed",
         "fishtune_error": text[-MAX_TRACEBACK_CHARS:],
         "fishtune_diverged_reason": "",
-        "fishtune_device": device,
-        "fishtune_device_note": note,
-        "fishtune_node_id": node_id(),
+        **placement(device, note),
         "curves": {},
         "summary": {},
     }
