@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.fisher import batch_fisher_trace, fisher_trace, per_example_sq_grad_norms, sample_labels
+from trainables.fisher import (
+    UndefinedPerExampleGradient,
+    fisher_trace,
+    per_example_sq_grad_norms,
+    sample_labels,
+)
 
 
 def reference_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -19,8 +25,8 @@ def reference_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch
     model.eval()
     out = []
     for i in range(len(x)):
-        grads = torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), params)
-        out.append(sum(g.pow(2).sum() for g in grads))
+        grads = torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), params, allow_unused=True)
+        out.append(sum(g.pow(2).sum() for g in grads if g is not None))
     model.train(was)
     return torch.stack(out)
 
@@ -213,15 +219,6 @@ def test_sampled_labels_come_from_the_generator_alone() -> None:
     assert torch.equal(a, b)
 
 
-def test_batch_trace_is_squared_norm_of_mean_sampled_gradient() -> None:
-    model, x, _ = build("frozen", 6)
-    value = batch_fisher_trace(model, x, torch.Generator().manual_seed(5))
-    labels = sample_labels(model, x, torch.Generator().manual_seed(5))
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(F.cross_entropy(model.eval()(x), labels), params)
-    assert value == pytest.approx(sum(g.pow(2).sum() for g in grads).item(), rel=1e-9)
-
-
 def test_standard_layers_use_closed_forms_and_others_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     from trainables import fisher
 
@@ -281,3 +278,99 @@ def test_layers_followed_by_in_place_ops_are_detected_and_copied() -> None:
     plain, px, py = build("frozen", 3)
     per_example_sq_grad_norms(plain, px, py)
     assert not any(m in fisher._COPY_TENSORS for m in plain.modules())
+
+
+def exact_reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Σ_c p_c(x)‖∇θ CE(f(x), c)‖² per example: a float64 loop over examples and classes."""
+    with torch.no_grad():
+        probs = model.eval()(x).softmax(1)
+    classes = probs.shape[1]
+    return sum(probs[:, c] * reference_norms(model, x, torch.full((len(x),), c)) for c in range(classes))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_exact_over_classes_matches_a_loop_over_classes_and_examples(name: str) -> None:
+    model, x, _ = build(name, 5)
+    expected = exact_reference(model, x)
+    est = fisher_trace(model, x, labels="exact", per_layer=True)
+    assert est.mean == pytest.approx(expected.mean().item(), rel=1e-9)
+    assert est.stderr == pytest.approx(expected.std().item() / math.sqrt(5), rel=1e-9)
+    assert sum(est.per_layer.values()) == pytest.approx(est.mean, rel=1e-9)
+
+
+def test_exact_over_classes_in_class_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backward budget smaller than one class set: classes go through in chunks, same value."""
+    from trainables import fisher
+
+    model, x, _ = build("conv2d_bn_residual_inplace", 4)
+    whole = fisher_trace(model, x, labels="exact").mean
+    monkeypatch.setattr(fisher, "BACKWARD_ELEMENTS", 1)
+    assert fisher_trace(model, x, labels="exact", chunk_size=3).mean == pytest.approx(whole, rel=1e-12)
+
+
+def test_k_sampled_labels_average_the_loop_over_their_draws() -> None:
+    model, x, _ = build("conv2d_bn_residual_inplace", 6)
+    est = fisher_trace(model, x, generator=torch.Generator().manual_seed(4), label_samples=3)
+    labels = sample_labels(model, x, torch.Generator().manual_seed(4), label_samples=3)
+    assert labels.shape == (6, 3)
+    per_example = torch.stack([reference_norms(model, x, labels[:, k]) for k in range(3)]).mean(0)
+    assert est.mean == pytest.approx(per_example.mean().item(), rel=1e-9)
+    assert est.stderr == pytest.approx(per_example.std().item() / math.sqrt(6), rel=1e-9)
+
+
+def test_sampled_labels_do_not_depend_on_chunking() -> None:
+    model, x, _ = build("tied", 13)
+    whole = fisher_trace(model, x, generator=torch.Generator().manual_seed(2), label_samples=2)
+    chunked = fisher_trace(model, x, generator=torch.Generator().manual_seed(2), label_samples=2, chunk_size=4)
+    assert chunked.mean == pytest.approx(whole.mean, rel=1e-12)
+
+
+def test_more_label_samples_shrink_the_label_noise_towards_exact() -> None:
+    """Spread over label draws at one θ: K = 16 about 4× tighter than K = 1; both centred on exact."""
+    model, x, _ = build("conv2d_bn_residual_inplace", 8)
+    exact = fisher_trace(model, x, labels="exact").mean
+    g = torch.Generator().manual_seed(0)
+    spread = {}
+    for k in (1, 16):
+        draws = torch.tensor([fisher_trace(model, x, generator=g, label_samples=k).mean for _ in range(200)])
+        spread[k] = draws.std().item()
+        assert abs(draws.mean().item() - exact) < 4 * spread[k] / math.sqrt(200)
+    assert 2.5 < spread[1] / spread[16] < 6.5
+
+
+def test_exact_refuses_label_samples_and_unknown_strings() -> None:
+    model, x, _ = build("frozen", 3)
+    with pytest.raises(ValueError, match="label_samples"):
+        fisher_trace(model, x, labels="exact", label_samples=4)
+    with pytest.raises(ValueError, match="labels"):
+        fisher_trace(model, x, labels="sampled")  # type: ignore[arg-type]
+
+
+class Unused(nn.Module):
+    """A hooked layer whose output never reaches the loss (e.g. an auxiliary head not used)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 3)
+        self.aux = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.aux(x)
+        return self.body(x)
+
+
+def test_a_layer_whose_output_does_not_reach_the_loss_has_zero_gradient() -> None:
+    torch.manual_seed(0)
+    model = Unused().double()
+    x, y = torch.randn(5, 4, dtype=torch.float64), torch.randint(3, (5,))
+    torch.testing.assert_close(per_example_sq_grad_norms(model, x, y), reference_norms(model, x, y), rtol=1e-9, atol=0)
+    est = fisher_trace(model, x, labels="exact", per_layer=True)
+    assert est.per_layer["aux"] == 0.0
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_without_running_statistics_is_refused(affine: bool) -> None:
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6, affine=affine, track_running_stats=False), nn.Linear(6, 3))
+    x, y = torch.randn(5, 4), torch.randint(3, (5,))
+    with pytest.raises(UndefinedPerExampleGradient, match="track_running_stats"):
+        per_example_sq_grad_norms(model, x, y)
