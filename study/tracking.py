@@ -43,6 +43,7 @@ CURVE_METRICS = (
     "train_loss",
     "penalty_loss",
     "train_accuracy",
+    "train_examples",
     "fisher_trace",
     "fisher_trace_stderr",
     "fisher_trace_batch",
@@ -253,7 +254,7 @@ class MlflowTracking(Callback):
         instead of one history call per metric and run, and falls back to them when it is absent.
         """
         columns = {}
-        for name in CURVE_METRICS:
+        for name in (*CURVE_METRICS, *EPOCH_METRICS):
             history = self.client.get_metric_history(run_id, name)
             if history:
                 columns[name] = pd.Series({m.step: m.value for m in history}, dtype=float)

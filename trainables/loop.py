@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables import data as datasets
-from trainables.config import TrialConfig
+from trainables.config import LogSchedule, TrialConfig
 from trainables.early import Curve, early_fisher_trace, fisher_peak
 from trainables.fisher import eval_mode, fisher_trace
 from trainables.models import build_model
@@ -55,24 +55,29 @@ def seeded_generator(*key: int) -> torch.Generator:
 
 
 class _Window:
-    """Train statistics accumulated since the previous logged step."""
+    """Train statistics accumulated since the previous logged step, weighted by examples.
+
+    Example weights, so that an epoch's short last batch (14 examples on digits) counts for its
+    share and not as much as a full batch; ``train_examples`` is logged so that the analysis can
+    pool windows exactly when it smooths the loss.
+    """
 
     def __init__(self) -> None:
         self.loss = self.penalty = 0.0
-        self.batches = self.correct = self.examples = 0
+        self.correct = self.examples = 0
 
     def add(self, loss: float, penalty: float, correct: int, examples: int) -> None:
-        self.loss += loss
-        self.penalty += penalty
-        self.batches += 1
+        self.loss += loss * examples
+        self.penalty += penalty * examples
         self.correct += correct
         self.examples += examples
 
     def means(self) -> dict[str, float]:
         return {
-            "train_loss": self.loss / self.batches,
-            "penalty_loss": self.penalty / self.batches,
+            "train_loss": self.loss / self.examples,
+            "penalty_loss": self.penalty / self.examples,
             "train_accuracy": self.correct / self.examples,
+            "train_examples": float(self.examples),
         }
 
 
@@ -104,9 +109,21 @@ def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None =
     # (paper Eq. 1), and a fixed probe keeps the curve comparable with and without augmentation.
     probe_x, probe_y = splits.train_x[probe], splits.train_y[probe]
 
+    schedule = LogSchedule.resolve(
+        cfg.fisher.schedule,
+        steps_per_epoch,
+        cfg.train.epochs,
+        cfg.fisher.point_cost(info.num_classes, cfg.train.batch_size),
+    )
+
     def measure(step: int) -> dict[str, float]:
         est = fisher_trace(
-            model, probe_x, generator=seeded_generator(cfg.train.seed, step), per_layer=cfg.fisher.per_layer
+            model,
+            probe_x,
+            labels=None if cfg.fisher.labels == "sampled" else "exact",
+            generator=seeded_generator(cfg.train.seed, step),
+            label_samples=cfg.fisher.label_samples or 1,
+            per_layer=cfg.fisher.per_layer,
         )
         out = {"fisher_trace": est.mean, "fisher_trace_stderr": est.stderr}
         out.update({f"fisher_trace.layer.{path}": v for path, v in est.per_layer.items()})
@@ -161,7 +178,7 @@ def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None =
             correct = int((logits.argmax(1) == y).sum())
             epoch_correct += correct
             window.add(loss.item(), pen.item(), correct, len(y))
-            if cfg.fisher.schedule.is_logged(step, steps_per_epoch):
+            if schedule.is_logged(step):
                 if not _finite_model(model, probe_x):
                     reason = "nonfinite"
                     break

@@ -99,3 +99,44 @@ def test_collapse_epoch_is_configurable() -> None:
     cfg = config(**{"train.epochs": 5, "train.lr": 1e-9, "penalty.kind": "none", "penalty.coef": 0.0})
     patient = run(TrialConfig.from_mapping(unflatten(cfg.flat() | {"train.collapse_after_epoch": 5})))
     assert [r.outcome for r in patient][-1] == "completed"
+
+
+def test_budgeted_schedule_spreads_the_affordable_points_over_the_dense_window() -> None:
+    from trainables.config import LogSchedule, ScheduleConfig
+
+    # 10 epochs × 40 steps = 400 steps; 10 % of them buys 40 / 4 = 10 points of 4 steps each,
+    # spread over the dense window of 2 epochs (80 steps): one every 8 steps.
+    schedule = LogSchedule.resolve(ScheduleConfig(dense_until_epoch=2, budget=0.1), 40, 10, point_cost_steps=4.0)
+    logged = [s for s in range(401) if schedule.is_logged(s)]
+    assert logged[:11] == [0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80]
+    assert logged[11:] == list(range(120, 401, 40))  # then epoch ends only
+    extra = [s for s in logged if s % 40]
+    assert len(extra) * 4.0 <= 0.1 * 400
+    quadruple = LogSchedule.resolve(ScheduleConfig(dense_until_epoch=2, budget=0.4), 40, 10, point_cost_steps=4.0)
+    assert quadruple.dense_every == 2  # 4× the budget, 4× the density
+    explicit = LogSchedule.resolve(ScheduleConfig(dense_every=3, sparse_every=7), 40, 10, point_cost_steps=4.0)
+    assert (explicit.dense_every, explicit.sparse_every) == (3, 7)
+
+
+def test_point_cost_counts_rows_per_example() -> None:
+    from trainables.config import FisherConfig
+
+    assert FisherConfig(samples=64, labels="exact").point_cost(num_classes=10, batch_size=32) == 20.0
+    assert FisherConfig(samples=64, labels="empirical").point_cost(num_classes=10, batch_size=32) == 22.0
+    assert FisherConfig(samples=64, labels="sampled", label_samples=4).point_cost(10, 32) == 8.0
+
+
+def test_train_loss_is_example_weighted_and_window_sizes_are_logged() -> None:
+    reports = run(config())
+    examples = dict(reports[0].curves["train_examples"])
+    n_train = sum(examples.values())  # the windows of an epoch cover the training split once
+    assert n_train in (1293, 1294)  # 90 % of the 1437 non-test digits
+    assert examples[2] == 256.0 and examples[11] == n_train - 10 * 128  # step 11: the short last batch alone
+
+
+@pytest.mark.parametrize("labels", ["exact", "sampled"])
+def test_fisher_estimator_follows_the_spec(labels: str) -> None:
+    extra = {"fisher.label_samples": 3} if labels == "sampled" else {}
+    reports = run(config(**{"fisher.labels": labels, "train.epochs": 1, **extra}))
+    values = [v for _, v in reports[0].curves["fisher_trace"]]
+    assert all(math.isfinite(v) and v > 0 for v in values)
