@@ -71,7 +71,7 @@ def test_study_model_and_penalty_take_one_training_step(path: Path) -> None:
     model = build_model(cfg.model.name, cfg.model.options, info.input_shape, info.num_classes)
     x = torch.randn(BATCH, *info.input_shape)  # standardised inputs, as the loader gives them
     y = torch.randint(info.num_classes, (BATCH,))
-    penalty = make_penalty(cfg.penalty.kind, _largest_coef(_spec(path)), cfg.penalty.recompute_every)
+    penalty = make_penalty(cfg.penalty.kind, _largest_coef(_spec(path)), cfg.penalty.every)
     penalty.prepare(model, x)
     optimizer = torch.optim.SGD(
         [*model.parameters(), *penalty.parameters()],

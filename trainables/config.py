@@ -194,14 +194,26 @@ class FisherConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PenaltyConfig:
+    """``recompute_every`` left out follows each penalty's paper: every 10 steps for the Fisher
+    penalty and its gradient-norm baselines (Jastrzebski et al.), every step for VCL (Littwin &
+    Wolf recompute it on every mini-batch)."""
+
     kind: str = "none"
     coef: float = 0.0
-    recompute_every: int = 10
+    recompute_every: int | None = None
 
     def __post_init__(self) -> None:
         require(self.kind in PENALTY_KINDS, "penalty.kind", f"one of {list(PENALTY_KINDS)}", self.kind)
         require(self.coef >= 0, "penalty.coef", "≥ 0", self.coef)
-        require(self.recompute_every >= 1, "penalty.recompute_every", "an integer ≥ 1", self.recompute_every)
+        if self.recompute_every is not None:
+            require(self.recompute_every >= 1, "penalty.recompute_every", "an integer ≥ 1", self.recompute_every)
+
+    @property
+    def every(self) -> int:
+        """``recompute_every``, or the kind's own default when it was left out (null)."""
+        if self.recompute_every is not None:
+            return self.recompute_every
+        return 1 if self.kind == "vcl" else 10
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -94,7 +94,7 @@ def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None =
     )
     info = datasets.dataset_info(cfg.data.name)
     model = build_model(cfg.model.name, cfg.model.options, info.input_shape, info.num_classes).to(device)
-    penalty = make_penalty(cfg.penalty.kind, cfg.penalty.coef, cfg.penalty.recompute_every).to(device)
+    penalty = make_penalty(cfg.penalty.kind, cfg.penalty.coef, cfg.penalty.every).to(device)
     penalty.prepare(model, splits.train_x[: cfg.train.batch_size])
     optimizer = torch.optim.SGD(
         [*model.parameters(), *penalty.parameters()],

@@ -140,3 +140,11 @@ def test_fisher_estimator_follows_the_spec(labels: str) -> None:
     reports = run(config(**{"fisher.labels": labels, "train.epochs": 1, **extra}))
     values = [v for _, v in reports[0].curves["fisher_trace"]]
     assert all(math.isfinite(v) and v > 0 for v in values)
+
+
+@pytest.mark.parametrize(("kind", "every"), [("fisher", 10), ("gp", 10), ("vcl", 1)])
+def test_recompute_every_defaults_to_each_penalty_paper(kind: str, every: int) -> None:
+    from trainables.config import PenaltyConfig
+
+    assert PenaltyConfig(kind=kind, coef=0.1).every == every
+    assert PenaltyConfig(kind=kind, coef=0.1, recompute_every=3).every == 3
