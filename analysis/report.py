@@ -17,11 +17,14 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from analysis import plots
-from analysis.stats import MIN_TRIALS, correlations, partial_correlation
+from analysis.configurations import configuration_keys
+from analysis.inference import MEASURES, inference, primary
+from analysis.markdown import markdown
+from analysis.measures import GRID_EPOCHS, WINDOW_EPOCHS
 from analysis.store import StudyData, load_study
 from analysis.table import COEF, LR, trials_table
 
-MEASURES = ("early_fisher_trace", "fisher_peak")
+MIN_TRIALS = 3
 EXCLUDED = ("diverged", "failed", "early_stopped")
 EPOCH_K = 20.0  # the paper's §5 reads Tr(F) at the end of epoch 20
 
@@ -39,14 +42,17 @@ def resolve_epsilon(study: StudyData, epsilon: float | None) -> float:
     return float(value)
 
 
-def build_report(study: StudyData, table: pd.DataFrame, epsilon: float) -> dict[str, Any]:
-    # A canonical order (configuration, then seed), so the seeded bootstrap does not depend on
+def build_report(
+    study: StudyData, table: pd.DataFrame, epsilon: float, window: float = WINDOW_EPOCHS
+) -> dict[str, Any]:
+    # A canonical order (configuration, then seed), so the seeded permutations do not depend on
     # the order in which trials happened to finish.
-    keys = [k for k in (*study.searched, "seed") if k in table]
-    used = table[table["outcome"] == "completed"].sort_values([*keys, "trial_id"], kind="stable")
+    order = [k for k in ("configuration", "seed", "trial_id") if k in table]
+    used = table[table["outcome"] == "completed"].sort_values(order, kind="stable")
     report: dict[str, Any] = {
         "study": study.name,
         "epsilon": epsilon,
+        "smoothing": {"window_epochs": window, "grid_epochs": GRID_EPOCHS},
         "n_trials": len(table),
         "n_used": len(used),
         "excluded": {reason: int((table["outcome"] == reason).sum()) for reason in EXCLUDED},
@@ -59,32 +65,12 @@ def build_report(study: StudyData, table: pd.DataFrame, epsilon: float) -> dict[
     if len(used) < MIN_TRIALS:
         report["message"] = f"only {len(used)} completed trial(s); at least {MIN_TRIALS} are needed for correlations"
         report["correlations"] = {}
+        report["primary"] = primary({})
         return report
-    for key, accuracy in (("correlations", "final_test_accuracy"), ("correlations_best", "best_test_accuracy")):
-        report[key] = {m: correlations(used[m].to_numpy(float), used[accuracy].to_numpy(float)) for m in MEASURES}
-    if LR in study.searched:
-        log_lr = np.log(used[LR].to_numpy(float))
-        report["partial_on_log_lr"] = {
-            m: {
-                "spearman": partial_correlation(
-                    used[m].to_numpy(float), used["final_test_accuracy"].to_numpy(float), log_lr, rank=True
-                ),
-                "pearson": partial_correlation(
-                    used[m].to_numpy(float), used["final_test_accuracy"].to_numpy(float), log_lr, rank=False
-                ),
-            }
-            for m in MEASURES
-        }
-    if used["seed"].nunique() > 1:
-        report["within_seed"] = {
-            str(int(seed) if float(seed).is_integer() else seed): {
-                m: correlations(group[m].to_numpy(float), group["final_test_accuracy"].to_numpy(float))
-                for m in MEASURES
-            }
-            for seed, group in used.groupby("seed")
-        }
-    report["aggregates"] = aggregates(used, [s for s in study.searched if s != "train.seed"])
-    report["importances"] = importances(used, [s for s in study.searched if s != "train.seed"])
+    report.update(inference(used))
+    keys = configuration_keys(study.searched)
+    report["aggregates"] = aggregates(used, keys)
+    report["importances"] = importances(used, keys)
     return report
 
 
@@ -98,13 +84,7 @@ def aggregates(used: pd.DataFrame, keys: list[str]) -> list[dict[str, Any]]:
         values = values if isinstance(values, tuple) else (values,)
         row: dict[str, Any] = dict(zip(keys, values, strict=True))
         row["n"] = len(group)
-        for name in (
-            "final_val_accuracy",
-            "final_test_accuracy",
-            "best_test_accuracy",
-            "early_fisher_trace",
-            "fisher_peak",
-        ):
+        for name in ("final_val_accuracy", "final_test_accuracy", "best_test_accuracy", *MEASURES):
             row[f"{name}_mean"] = _clean(group[name].mean())
             row[f"{name}_std"] = _clean(group[name].std(ddof=1)) if len(group) > 1 else None
         out.append(row)
@@ -158,65 +138,17 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {value!r}")
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—"
-    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+def analyze(
+    tracking_uri: str, name: str, out: Path, epsilon: float | None = None, window: float = WINDOW_EPOCHS
+) -> dict[str, Any]:
+    """Load, compute, write, and log the files as artifacts of the study's parent run.
 
-
-def headline(report: dict[str, Any]) -> str:
-    """The table printed by the CLI and shown first in report.md."""
-    lines = [
-        "| measure | vs | n | Spearman ρ [95% CI] | Kendall τ | Pearson r (log) | p (Spearman) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for key, label in (("correlations", "final"), ("correlations_best", "best")):
-        for measure, block in report.get(key, {}).items():
-            if "spearman" not in block:
-                lines.append(f"| {measure} | {label} | {block.get('n', 0)} | — | — | — | — |")
-                continue
-            s, k, p = block["spearman"], block["kendall"], block["pearson"]
-            ci = f"[{_fmt(s['ci95'][0], 2)}, {_fmt(s['ci95'][1], 2)}]"
-            lines.append(
-                f"| {measure} | {label} | {block['n']} | {_fmt(s['r'], 2)} {ci} | {_fmt(k['r'], 2)} | {_fmt(p['r'], 2)} | {_fmt(s['p'], 2)} |"
-            )
-    return "\n".join(lines)
-
-
-def markdown(report: dict[str, Any], images: list[str]) -> str:
-    parts = [
-        f"# Study {report['study']}: early Fisher vs test accuracy\n",
-        f"{report['n_trials']} trials, {report['n_used']} completed and used; excluded: "
-        + ", ".join(f"{k} {v}" for k, v in report["excluded"].items())
-        + f". ε = {report['epsilon']:g}; {len(report['not_crossed'])} completed trial(s) never reached it.\n",
-    ]
-    if "message" in report:
-        parts.append(f"**{report['message']}.**\n")
-    else:
-        parts.append("Correlations over completed trials (Pearson on log Tr(F); bootstrap 95 % CI):\n")
-        parts.append(headline(report) + "\n")
-        for measure, block in report.get("partial_on_log_lr", {}).items():
-            sp = block["spearman"]
-            if "r" in sp:
-                parts.append(
-                    f"- {measure} partialled on log lr: Spearman {sp['r']:.2f} (p = {sp['p']:.2g}, n = {sp['n']})"
-                )
-        if report.get("importances"):
-            parts.append(
-                "\nKnob importance (|Spearman ρ| with final test accuracy, normalised): "
-                + ", ".join(f"{k} {v:.2f}" for k, v in report["importances"].items())
-            )
-    parts += [f"\n![{name}]({name})" for name in images]
-    return "\n".join(parts) + "\n"
-
-
-def analyze(tracking_uri: str, name: str, out: Path, epsilon: float | None = None) -> dict[str, Any]:
-    """Load, compute, write, and log the files as artifacts of the study's parent run."""
+    ``window``: the width in epochs of the box that smooths the curves before the reads."""
     client = MlflowClient(tracking_uri)
     study = load_study(client, name)
     eps = resolve_epsilon(study, epsilon)
-    table = trials_table(study, eps, EPOCH_K)
-    report = build_report(study, table, eps)
+    table = trials_table(study, eps, EPOCH_K, window)
+    report = build_report(study, table, eps, window)
     for path in write_report(study, table, report, out):
         client.log_artifact(study.parent_run_id, str(path), artifact_path="report")
     return report

@@ -1,7 +1,7 @@
 """Read a study from MLflow through the data contract of design.md §4 (and nothing else).
 
 The edge of the analysis: everything after this module is pure functions over DataFrames.
-Curves come from each child run's exact metric history (never MLflow's down-sampling bulk
+Curves (``CURVES``) come from each child run's exact metric history (never MLflow's down-sampling bulk
 endpoint), or from a ``curves.parquet`` artifact when a run has one.
 """
 
@@ -14,7 +14,8 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-CURVES = ("train_loss", "fisher_trace", "epoch")
+# train_examples (examples per train_loss window) is absent from studies logged before it existed.
+CURVES = ("train_loss", "train_examples", "fisher_trace", "fisher_trace_stderr", "epoch", "val_accuracy")
 CURVES_FILE = "curves.parquet"
 SUMMARY = (
     "final_test_accuracy",

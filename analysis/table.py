@@ -1,4 +1,11 @@
-"""The trials table: one row per child run, early-Fisher measures recomputed from the curves."""
+"""The trials table: one row per child run, early-Fisher measures read from the curves.
+
+``early_fisher_trace`` and ``fisher_peak`` are the smoothed reads of :mod:`analysis.measures`
+(with ``_stderr`` and ``_epoch`` columns beside them); ``raw_<name>`` are the same measures by the
+trainable's raw rules, compared with its logged summary (``logged_<name>``) in ``mismatch``.
+``val_accuracy_at_<read>`` is the validation accuracy at the first epoch end at or after the
+read's step, the practical baseline a pruner would have at that time.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,22 @@ import math
 
 import pandas as pd
 
-from analysis.measures import early_fisher_trace, fisher_at_epoch, fisher_peak
+from analysis.configurations import SEED, configuration_ids, configuration_keys
+from analysis.measures import (
+    WINDOW_EPOCHS,
+    Read,
+    early_fisher_trace,
+    fisher_at_epoch,
+    fisher_peak,
+    smoothed_early,
+    smoothed_peak,
+)
 from analysis.store import SUMMARY, StudyData
 
-SEED = "train.seed"
 LR = "train.lr"
 COEF = "penalty.coef"
+RAW = ("early_fisher_trace", "fisher_peak", "fisher_peak_step")  # summaries the raw reads recompute
+EMPTY = pd.Series(dtype=float)
 
 
 def _number(value: object) -> object:
@@ -21,26 +38,52 @@ def _number(value: object) -> object:
         return value
 
 
-def trials_table(study: StudyData, epsilon: float, epoch_k: float) -> pd.DataFrame:
-    """Columns of design §6 plus ``fisher_at_epoch_<k>``, ``reached_epsilon_step``, the
-    ``logged_<name>`` summaries written by the trainable and ``mismatch``: the recomputed
-    measures whose logged value exists and differs (a bug in one of the two, or a run cut short)."""
+def _reads(curves: dict[str, pd.Series], epsilon: float, window: float) -> dict[str, float]:
+    fisher, epoch = curves.get("fisher_trace", EMPTY), curves.get("epoch", EMPTY)
+    loss, stderr = curves.get("train_loss", EMPTY), curves.get("fisher_trace_stderr")
+    val = curves.get("val_accuracy", EMPTY).dropna()
+    early = smoothed_early(
+        fisher, loss, epoch, epsilon, stderr=stderr, weights=curves.get("train_examples"), window=window
+    )
+    peak = smoothed_peak(fisher, epoch, stderr=stderr, window=window)
+    row: dict[str, float] = {}
+    for name, read, at in (("early_fisher_trace", early, "early"), ("fisher_peak", peak, "peak")):
+        row[name] = read.value if read else math.nan
+        row[f"{name}_stderr"] = read.stderr if read else math.nan
+        row[f"{name}_epoch"] = read.epoch if read else math.nan
+        row[f"val_accuracy_at_{at}"], row[f"val_epoch_at_{at}"] = _val_after(val, epoch, read)
+    row["reached_epsilon_step"] = early.step if early else math.nan
+    row["fisher_peak_step"] = peak.step if peak else math.nan
+    raw_early, raw_peak = early_fisher_trace(loss, fisher, epsilon), fisher_peak(fisher, epoch)
+    row["raw_early_fisher_trace"] = raw_early[0] if raw_early else math.nan
+    row["raw_fisher_peak"] = raw_peak[0] if raw_peak else math.nan
+    row["raw_fisher_peak_step"] = raw_peak[1] if raw_peak else math.nan
+    return row
+
+
+def _val_after(val: pd.Series, epoch: pd.Series, read: Read | None) -> tuple[float, float]:
+    """(val accuracy, epoch) at the first epoch end at or after the read's step."""
+    after = val[val.index >= read.step] if read else EMPTY
+    if after.empty:
+        return math.nan, math.nan
+    step = after.index[0]
+    return float(after.iloc[0]), float(epoch.get(step, math.nan))
+
+
+def trials_table(study: StudyData, epsilon: float, epoch_k: float, window: float = WINDOW_EPOCHS) -> pd.DataFrame:
+    """Columns of design §6 plus ``configuration`` (an id shared by seed replicas), the reads'
+    stderr and epoch, ``fisher_at_epoch_<k>``, ``reached_epsilon_step``, the raw reads, the
+    ``logged_<name>`` summaries written by the trainable and ``mismatch``: the raw reads whose
+    logged value exists and differs (a bug in one of the two, or a run cut short)."""
     rows = []
     for _, run in study.runs.iterrows():
         curves = study.curves.get(run["run_id"], {})
-        fisher = curves.get("fisher_trace", pd.Series(dtype=float))
-        loss = curves.get("train_loss", pd.Series(dtype=float))
-        epoch = curves.get("epoch", pd.Series(dtype=float))
         row: dict[str, object] = {"trial_id": run["trial_id"], "outcome": run["outcome"]}
         for name in study.searched:
             row[name] = _number(run.get(f"params.{name}"))
         row["seed"] = _number(run.get(f"params.{SEED}"))
-        early = early_fisher_trace(loss, fisher, epsilon)
-        peak = fisher_peak(fisher, epoch)
-        row["early_fisher_trace"] = early[0] if early else math.nan
-        row["reached_epsilon_step"] = early[1] if early else math.nan
-        row["fisher_peak"] = peak[0] if peak else math.nan
-        row["fisher_peak_step"] = peak[1] if peak else math.nan
+        row.update(_reads(curves, epsilon, window))
+        fisher, epoch = curves.get("fisher_trace", EMPTY), curves.get("epoch", EMPTY)
         row[f"fisher_at_epoch_{epoch_k:g}"] = fisher_at_epoch(fisher, epoch, epoch_k)
         for name in ("final_test_accuracy", "best_test_accuracy", "final_val_accuracy"):
             row[name] = run.get(f"metrics.{name}", math.nan)
@@ -48,12 +91,14 @@ def trials_table(study: StudyData, epsilon: float, epoch_k: float) -> pd.DataFra
         for name in SUMMARY:
             logged = run.get(f"metrics.{name}", math.nan)
             row[f"logged_{name}"] = logged
-            recomputed = name in ("early_fisher_trace", "fisher_peak", "fisher_peak_step")
-            if recomputed and not math.isnan(float(logged)) and not _same(logged, row[name]):
+            if name in RAW and not math.isnan(float(logged)) and not _same(logged, row[f"raw_{name}"]):
                 mismatched.append(name)
         row["mismatch"] = ",".join(mismatched)
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table.insert(2, "configuration", configuration_ids(table, configuration_keys(study.searched)))
+    return table
 
 
 def _same(a: object, b: object) -> bool:

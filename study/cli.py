@@ -46,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     analyze.add_argument("name")
     analyze.add_argument("--out", help="output folder (default reports/<study>/)")
     analyze.add_argument("--epsilon", type=float, help="train-loss threshold ε (default: the study's fisher.epsilon)")
+    analyze.add_argument(
+        "--smooth-epochs",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="width in epochs of the box that smooths Tr(F) and the train loss before the reads (default 1.0)",
+    )
 
     ui = sub.add_parser("ui", help="MLflow UI on the study store")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: local only)")
@@ -197,14 +204,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     if args.epsilon is not None and not args.epsilon > 0:
         raise ConfigError(f"--epsilon: must be > 0, got {args.epsilon}")
+    if not args.smooth_epochs > 0:
+        raise ConfigError(f"--smooth-epochs: must be > 0, got {args.smooth_epochs}")
     uri = _tracking_uri(args, None if args.tracking_uri else args.name)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per trial otherwise
-    from analysis.report import analyze, headline
+    from analysis.markdown import headline
+    from analysis.report import analyze
     from analysis.store import StudyNotFound
 
     out = Path(args.out) if args.out else Path("reports") / args.name
     try:
-        report = analyze(uri, args.name, out, args.epsilon)
+        report = analyze(uri, args.name, out, args.epsilon, args.smooth_epochs)
     except (StudyNotFound, LookupError) as exc:
         raise ConfigError(str(exc)) from None
     print(

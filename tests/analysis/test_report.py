@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from scipy import stats
 
 from analysis.report import analyze
 from study.cli import main
@@ -25,6 +26,17 @@ def fisher_points(i: int) -> list[tuple[int, float]]:
 
 def loss_points(crossing: int | None) -> list[tuple[int, float]]:
     return [(s, 0.4 if crossing is not None and s >= crossing else 1.0) for s in range(10, 60, 10)]
+
+
+def brute_force_peak(i: int) -> tuple[float, float]:
+    """The 1-epoch box average of the linear interpolant by dense sampling, max over centres ≥ 1."""
+    steps, values = zip(*fisher_points(i), strict=True)
+    fine = np.linspace(0, 2.5, 250_001)
+    curve = np.interp(fine, np.array(steps) / 20, values)
+    centres = np.arange(8, 17) / 8  # 1.0 … 2.0: whole boxes inside epochs 0–2.5
+    averages = [curve[(fine >= c - 0.5) & (fine <= c + 0.5)].mean() for c in centres]
+    k = int(np.argmax(averages))
+    return averages[k], centres[k]
 
 
 def build_store(uri: str, name: str = "synthetic") -> dict[str, str]:
@@ -53,8 +65,11 @@ def build_store(uri: str, name: str = "synthetic") -> dict[str, str]:
             rid, params=[Param("train.lr", str(lr)), Param("penalty.coef", str(coef)), Param("train.seed", str(seed))]
         )
         metrics = [Metric("fisher_trace", v, 0, s) for s, v in fisher_points(i)]
+        metrics += [Metric("fisher_trace_stderr", 0.1 * v, 0, s) for s, v in fisher_points(i)]
         metrics += [Metric("epoch", s / 20, 0, s) for s, _ in fisher_points(i)]
         metrics += [Metric("train_loss", v, 0, s) for s, v in loss_points(crossing)]
+        metrics += [Metric("train_examples", 32.0, 0, s) for s, _ in loss_points(crossing)]
+        metrics += [Metric("val_accuracy", acc - 0.02 + 0.001 * s, 0, s) for s in (20, 40)]
         metrics += [Metric("final_test_accuracy", acc, 0, 50), Metric("best_test_accuracy", acc + 0.005, 0, 50)]
         metrics += [Metric("final_val_accuracy", acc - 0.01, 0, 50)]
         metrics.append(Metric("fisher_peak", logged_peak if logged_peak is not None else 80.0 - 10 * i, 0, 50))
@@ -87,37 +102,58 @@ def test_report_values_against_hand_computed_numbers(store: str, tmp_path: Path)
 
     table = pd.read_csv(out / "trials.csv")
     row = table.set_index("trial_id")
-    # early = Tr(F) at the crossing step: i%3 == 0 → step 20 (50 − 5i), 1 → step 30 (80 − 10i), 2 → step 40 (60 − 8i)
+    # raw early = Tr(F) at the crossing step: i%3 == 0 → step 20 (50 − 5i), 1 → step 30 (80 − 10i), 2 → step 40 (60 − 8i)
     expected_early = {"t0": 50.0, "t1": 70.0, "t2": 44.0, "t3": 35.0, "t4": 40.0, "t5": 20.0}
     for trial, value in expected_early.items():
-        assert row.loc[trial, "early_fisher_trace"] == value
-    assert math.isnan(row.loc["t6", "early_fisher_trace"])
+        assert row.loc[trial, "raw_early_fisher_trace"] == value
+    assert math.isnan(row.loc["t6", "early_fisher_trace"]) and math.isnan(row.loc["t6", "raw_early_fisher_trace"])
     for i in range(7):
-        assert row.loc[f"t{i}", "fisher_peak"] == 80.0 - 10 * i
-        assert row.loc[f"t{i}", "fisher_peak_step"] == (30 if i < 6 else 20)  # t6 ties at 20 and 30: first
+        assert row.loc[f"t{i}", "raw_fisher_peak"] == 80.0 - 10 * i
+        assert row.loc[f"t{i}", "raw_fisher_peak_step"] == (30 if i < 6 else 20)  # t6 ties at 20 and 30: first
+        peak, epoch = brute_force_peak(i)
+        assert row.loc[f"t{i}", "fisher_peak"] == pytest.approx(peak, rel=1e-5)
+        assert row.loc[f"t{i}", "fisher_peak_epoch"] == epoch
+        assert 0 < row.loc[f"t{i}", "fisher_peak_stderr"] < 0.1 * (80.0 - 10 * i)  # averaging shrinks it
     assert row.loc["t2", "mismatch"] == "fisher_peak" and row.loc["t2", "logged_fisher_peak"] == 999.0
     assert row.loc["t0", "train.lr"] == pytest.approx(1e-3)
     assert {"seed", "final_test_accuracy", "best_test_accuracy", "final_val_accuracy", "outcome"} <= set(table.columns)
+    # the validation accuracy at the first epoch end (steps 20, 40) at or after the read's step
+    assert row.loc["t0", "val_accuracy_at_peak"] == pytest.approx(0.90 - 0.02 + 0.04)
+    assert row.loc["t0", "val_epoch_at_peak"] == 2.0
 
+    used = row.loc[[f"t{i}" for i in range(7)]]
     early = report["correlations"]["early_fisher_trace"]
-    assert early["n"] == 6
-    # ranks of early values [5, 6, 4, 2, 3, 1] against accuracy ranks 1..6: Σd² = 66
-    assert early["spearman"]["r"] == pytest.approx(1 - 6 * 66 / (6 * 35))
+    assert early["n"] == early["n_configurations"] == 6  # every trial its own configuration
+    crossed = used.dropna(subset=["early_fisher_trace"])
+    assert early["spearman"]["r"] == pytest.approx(
+        stats.spearmanr(crossed["early_fisher_trace"], crossed["final_test_accuracy"]).statistic
+    )
     peak = report["correlations"]["fisher_peak"]
     assert peak["n"] == 7
     assert peak["spearman"]["r"] == pytest.approx(-1.0) and peak["kendall"]["r"] == pytest.approx(-1.0)
-    peaks, accs = np.array([80.0 - 10 * i for i in range(7)]), np.array([0.90 + 0.01 * i for i in range(6)] + [0.96])
-    assert peak["pearson"]["r"] == pytest.approx(np.corrcoef(np.log(peaks), accs)[0, 1])
-    lo, hi = peak["spearman"]["ci95"]
-    assert lo <= peak["spearman"]["r"] <= hi
+    assert peak["spearman"]["p"] == pytest.approx(2 / math.factorial(7))  # exact: 2 of 7! pairings as extreme
+    assert peak["pearson"]["r"] == pytest.approx(
+        np.corrcoef(np.log(used["fisher_peak"]), used["final_test_accuracy"])[0, 1]
+    )
+    for method in ("spearman", "kendall", "pearson"):
+        lo, hi = peak[method]["ci95"]
+        assert -1 <= lo <= peak[method]["r"] <= hi <= 1
     assert report["correlations_best"]["fisher_peak"]["spearman"]["r"] == pytest.approx(-1.0)
-    assert "partial_on_log_lr" in report and "within_seed" in report
+    assert "partial_on_log_lr" not in report and "within_seed" not in report
+    for key in ("within_configuration", "beyond_early_val"):
+        assert "2 or more replicas" in report[key]["fisher_peak"]["message"]
+    assert report["primary"]["measure"] == "early_fisher_trace"
+    assert report["primary"]["estimate"] == early["spearman"]["r"]
+    assert report["primary"]["n_configurations"] == 6
+    assert "correlations.early_fisher_trace.spearman" not in {t["name"] for t in report["family"]}
+    assert all(t["p"] <= t["p_holm"] <= 1 for t in report["family"])
 
     for name in ("report.md", "report.json", "fisher_curves.png", "fisher_vs_accuracy.png", "accuracy_heatmap.png"):
         assert (out / name).is_file()
         assert (out / name).stat().st_size < 300_000
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
-    assert "Spearman" in (out / "report.md").read_text()
+    text = (out / "report.md").read_text()
+    assert "Primary test" in text.split("\n")[2] and "Exploratory" in text
 
     client = MlflowClient(store)
     parent = client.search_runs(
@@ -163,56 +199,68 @@ def test_cli_analyze_prints_the_headline_and_refuses_unknown_studies(
     assert main(["analyze", "nope", "--tracking-uri", store]) == 2
     assert "no such MLflow experiment" in capsys.readouterr().err
     assert main(["analyze", "synthetic", "--tracking-uri", store, "--epsilon", "-1"]) == 2
+    assert main(["analyze", "synthetic", "--tracking-uri", store, "--smooth-epochs", "0"]) == 2
+    assert "--smooth-epochs: must be > 0" in capsys.readouterr().err
 
 
-def test_measures_edge_cases() -> None:
-    from analysis.measures import early_fisher_trace, fisher_at_epoch, fisher_peak
-
-    steps = [0, 10, 20, 30, 40]
-    fisher = pd.Series([1.0, math.nan, 7.0, 7.0, 3.0], index=steps)
-    loss = pd.Series([2.0, 0.4, 0.3, 0.2], index=steps[1:])
-    epoch = pd.Series([s / 20 for s in steps], index=steps)
-    assert early_fisher_trace(loss, fisher, 0.5) == (7.0, 20)  # NaN at the crossing step is skipped
-    assert early_fisher_trace(loss, fisher, 0.1) is None  # no crossing
-    assert fisher_peak(fisher, epoch) == (7.0, 20)  # a tie: the first step
-    assert fisher_peak(fisher, epoch / 100) is None  # epoch 1 never reached
-    assert fisher_at_epoch(fisher, epoch, 1.5) == 7.0 and math.isnan(fisher_at_epoch(fisher, epoch, 9))
-
-
-def test_constant_fisher_gives_no_correlation_numbers() -> None:
-    from analysis.stats import correlations
-
-    block = correlations(np.full(5, 3.0), np.linspace(0.5, 0.9, 5))
-    assert block == {"n": 5}
+def test_smooth_epochs_sets_the_box(store: str, tmp_path: Path) -> None:
+    assert (
+        main(["analyze", "synthetic", "--tracking-uri", store, "--out", str(tmp_path / "r"), "--smooth-epochs", "0.5"])
+        == 0
+    )
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["smoothing"] == {"window_epochs": 0.5, "grid_epochs": 0.125}
+    wide = analyze(store, "synthetic", tmp_path / "w")
+    table = pd.read_csv(tmp_path / "r" / "trials.csv").set_index("trial_id")
+    assert (
+        table["fisher_peak"] >= pd.read_csv(tmp_path / "w" / "trials.csv").set_index("trial_id")["fisher_peak"]
+    ).all()
+    assert wide["smoothing"]["window_epochs"] == 1.0
 
 
-def test_statistics_agree_with_scipy() -> None:
-    from scipy import stats
+def replicated_store(uri: str) -> None:
+    """3 learning rates × 3 seeds: Tr(F) and accuracy both move with the seed inside a configuration."""
+    client = MlflowClient(uri)
+    exp = client.create_experiment("replicated")
+    parent = client.create_run(exp, tags={"fishtune.role": "study", "fishtune.searched": "train.lr,train.seed"})
+    client.log_param(parent.info.run_id, "fisher.epsilon", str(EPS))
+    for i, (lr, seed) in enumerate((lr, seed) for lr in (0.01, 0.02, 0.04) for seed in (0, 1, 2)):
+        run = client.create_run(
+            exp,
+            tags={
+                "fishtune.role": "trial",
+                "fishtune.trial_id": f"r{i}",
+                "fishtune.outcome": "completed",
+                "mlflow.parentRunId": parent.info.run_id,
+            },
+        )
+        scale = (1 + 0.1 * seed) / lr  # a larger Tr(F) for a seed goes with a lower accuracy
+        acc = 0.9 + lr - 0.002 * seed**2
+        points = [(s, scale * (1 + s / 20)) for s in range(0, 60, 10)]
+        metrics = [Metric("fisher_trace", v, 0, s) for s, v in points]
+        metrics += [Metric("epoch", s / 20, 0, s) for s, _ in points]
+        metrics += [Metric("train_loss", 1.0 if s < 30 else 0.2, 0, s) for s, _ in points[1:]]
+        metrics += [Metric("val_accuracy", acc - 0.05 + 0.003 * ((seed * 7 + i) % 3), 0, s) for s in (20, 40)]
+        metrics += [Metric("final_test_accuracy", acc, 0, 50), Metric("best_test_accuracy", acc, 0, 50)]
+        client.log_batch(
+            run.info.run_id, metrics=metrics, params=[Param("train.lr", str(lr)), Param("train.seed", str(seed))]
+        )
 
-    from analysis.stats import METHODS, correlations
 
-    rng = np.random.default_rng(3)
-    x, y = rng.lognormal(size=12), rng.normal(size=12)
-    block = correlations(x, y)
-    assert block["spearman"]["r"] == pytest.approx(stats.spearmanr(x, y).statistic)
-    assert block["kendall"]["p"] == pytest.approx(stats.kendalltau(x, y).pvalue)
-    assert block["pearson"]["r"] == pytest.approx(stats.pearsonr(np.log(x), y).statistic)
-    idx = np.stack([np.arange(12), rng.integers(0, 12, 12), rng.integers(0, 12, 12)])  # resamples, ties too
-    for name, method in METHODS.items():
-        expected = [method.test(np.log(x[i]) if method.log_x else x[i], y[i]).statistic for i in idx]
-        np.testing.assert_allclose(method.rows(x, y, idx), expected, rtol=1e-10, err_msg=name)
-
-
-def test_partial_correlation_removes_the_covariate() -> None:
-    from analysis.stats import partial_correlation
-
-    rng = np.random.default_rng(0)
-    lr = np.log(np.repeat([1e-3, 1e-2, 1e-1], 6))
-    noise = rng.normal(size=18)
-    measure = np.exp(-lr + 0.01 * rng.normal(size=18))  # Tr(F) decided by lr alone
-    accuracy = 0.9 + 0.01 * lr + 0.001 * noise
-    block = partial_correlation(measure, accuracy, lr, rank=False)
-    assert abs(block["r"]) < 0.6 and block["p"] > 0.01  # nothing left once lr is removed
-    informative = np.exp(-lr + noise)  # Tr(F) also carries the accuracy's own noise
-    block = partial_correlation(informative, accuracy, lr, rank=True)
-    assert block["r"] > 0.8 and block["ci95"][0] <= block["r"] <= block["ci95"][1]
+def test_replicas_give_within_configuration_and_beyond_validation_blocks(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'r.db'}"
+    replicated_store(uri)
+    report = analyze(uri, "replicated", tmp_path / "out")
+    table = pd.read_csv(tmp_path / "out" / "trials.csv")
+    assert table.groupby("train.lr")["configuration"].nunique().eq(1).all() and table["configuration"].nunique() == 3
+    block = report["correlations"]["fisher_peak"]
+    assert block["n"] == 9 and block["n_configurations"] == 3
+    assert "ci95" in block["spearman"] and block["spearman"]["ci95"] == [None, None]  # 3 points: no interval
+    within = report["within_configuration"]["fisher_peak"]
+    assert within["n_trials"] == 9 and within["n_configurations"] == 3
+    assert within["r"] < -0.9 and within["p"] < 0.05
+    beyond = report["beyond_early_val"]["early_fisher_trace"]
+    assert set(beyond) >= {"estimate", "p", "ci95", "epoch"} and beyond["epoch"] == 2.0
+    assert beyond["estimate"] < -0.5
+    names = {t["name"] for t in report["family"]}
+    assert {"within_configuration.fisher_peak", "beyond_early_val.early_fisher_trace"} <= names

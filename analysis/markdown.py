@@ -1,0 +1,102 @@
+"""report.md and the CLI's summary: the primary test first, everything else labelled exploratory."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def _ci(ci: list[float | None] | None) -> str:
+    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "[—, —]"
+
+
+def primary_line(report: dict[str, Any]) -> str:
+    """One sentence: the pre-specified test with its estimate, CI, p and n."""
+    test = report.get("primary", {})
+    if test.get("estimate") is None:
+        return f"**Primary test** (pre-specified): {test.get('message', 'not available')}."
+    return (
+        f"**Primary test** (pre-specified): {test['measure']}, {test['test']}: "
+        f"ρ = {_fmt(test['estimate'])} {_ci(test['ci95'])}, p = {_fmt(test['p'])}, "
+        f"n = {test['n_configurations']} configurations ({test['n']} trials)."
+    )
+
+
+def headline(report: dict[str, Any]) -> str:
+    """The primary test, then the across-configuration correlation table (printed by the CLI)."""
+    lines = [
+        primary_line(report),
+        "",
+        "| measure | vs | configs (trials) | Spearman ρ [95% CI] | Kendall τ [95% CI] | Pearson r (log) [95% CI] | p (Spearman) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, label in (("correlations", "final"), ("correlations_best", "best")):
+        for measure, block in report.get(key, {}).items():
+            size = f"{block.get('n_configurations', 0)} ({block.get('n', 0)})"
+            if "spearman" not in block:
+                lines.append(f"| {measure} | {label} | {size} | — | — | — | — |")
+                continue
+            cells = [f"{_fmt(block[m]['r'])} {_ci(block[m]['ci95'])}" for m in ("spearman", "kendall", "pearson")]
+            lines.append(f"| {measure} | {label} | {size} | {' | '.join(cells)} | {_fmt(block['spearman']['p'])} |")
+    return "\n".join(lines)
+
+
+def _beyond_table(report: dict[str, Any]) -> list[str]:
+    lines = [
+        "| question | measure | configs (trials) | r [95% CI] | p |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label in (("within_configuration", "within configurations"), ("beyond_early_val", "beyond val acc")):
+        for measure, block in report.get(key, {}).items():
+            size = f"{block['n_configurations']} ({block['n_trials']})"
+            if "message" in block:
+                lines.append(f"| {label} | {measure} | {size} | {block['message']} | — |")
+                continue
+            estimate = block.get("r", block.get("estimate"))
+            lines.append(
+                f"| {label} | {measure} | {size} | {_fmt(estimate)} {_ci(block['ci95'])} | {_fmt(block['p'])} |"
+            )
+    return lines
+
+
+def markdown(report: dict[str, Any], images: list[str]) -> str:
+    smoothing = report.get("smoothing", {})
+    parts = [
+        f"# Study {report['study']}: early Fisher vs test accuracy\n",
+        primary_line(report) + "\n",
+        f"{report['n_trials']} trials, {report['n_used']} completed and used; excluded: "
+        + ", ".join(f"{k} {v}" for k, v in report["excluded"].items())
+        + f". ε = {report['epsilon']:g}; {len(report['not_crossed'])} completed trial(s) never reached it "
+        f"(smoothed train loss). Reads from curves averaged over {smoothing.get('window_epochs', '—')}-epoch "
+        f"boxes on a {smoothing.get('grid_epochs', '—')}-epoch grid.\n",
+    ]
+    if "message" in report:
+        parts.append(f"**{report['message']}.**\n")
+    else:
+        parts += [
+            "## Exploratory (everything below; p-values Holm-adjusted in the family table)\n",
+            "Across configurations (one point per configuration: mean log Tr(F), mean accuracy; "
+            "Pearson on log Tr(F); Fisher z 95 % CI):\n",
+            headline(report).split("\n", 2)[2] + "\n",
+            "Beyond the hyperparameters: correlation of the replicas' deviations from their "
+            "configuration's mean (log Tr(F) vs final test accuracy), and the same given the deviation "
+            "of the validation accuracy at the read's epoch (jackknife 95 % CI over configurations; "
+            "permutation p within configurations):\n",
+            "\n".join(_beyond_table(report)) + "\n",
+            "| test | p | p (Holm) |",
+            "|---|---|---|",
+            *(f"| {t['name']} | {_fmt(t['p'])} | {_fmt(t['p_holm'])} |" for t in report.get("family", [])),
+        ]
+        if report.get("importances"):
+            parts.append(
+                "\nKnob importance (|Spearman ρ| with final test accuracy over trials, normalised): "
+                + ", ".join(f"{k} {v:.2f}" for k, v in report["importances"].items())
+            )
+    parts += [f"\n![{name}]({name})" for name in images]
+    return "\n".join(parts) + "\n"
