@@ -50,7 +50,7 @@ def fisher_vs_accuracy(table: pd.DataFrame, report: dict) -> Figure:
     for ax, measure, label in zip(
         axes,
         ("early_fisher_trace", "fisher_peak"),
-        ("early Tr(F) (ε crossing)", "Tr(F) peak (after epoch 1)"),
+        ("early Tr(F) (smoothed, ε crossing)", "Tr(F) peak (smoothed, after epoch 1)"),
         strict=True,
     ):
         c = used[LR].astype(float) if LR in used else None
@@ -68,9 +68,8 @@ def fisher_vs_accuracy(table: pd.DataFrame, report: dict) -> Figure:
         ax.set_xlabel(label)
         block = report["correlations"].get(measure, {})
         rho = block.get("spearman", {}).get("r")
-        ax.set_title(
-            f"Spearman ρ = {rho:.2f} (n = {block.get('n', 0)})" if rho is not None else f"n = {block.get('n', 0)}"
-        )
+        size = f"{block.get('n_configurations', 0)} configurations, {block.get('n', 0)} trials"
+        ax.set_title(f"Spearman ρ = {rho:.2f} ({size})" if rho is not None else size, fontsize=9)
     axes[0].set_ylabel("final test accuracy")
     if LR in used and len(used):
         fig.colorbar(points, ax=axes, label="learning rate")

@@ -103,7 +103,8 @@ def test_study_runs_end_to_end_and_follows_the_mlflow_contract(
     table = pd.read_csv(out / "trials.csv")
     assert len(table) == 4 and set(table["outcome"]) == {"completed"}
     assert table["mismatch"].isna().all()  # recomputed early/peak values equal the trainable's
-    assert (table["fisher_peak"] == table["logged_fisher_peak"]).all()
+    assert (table["raw_fisher_peak"] == table["logged_fisher_peak"]).all()  # fisher_peak is the smoothed read
+    assert table["fisher_peak"].notna().all() and (table["fisher_peak_stderr"] > 0).all()
 
     # Extending: a larger num_samples continues the same Optuna study and parent run.
     assert main(["run", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_uri, "--num-samples", "6"]) == 0
