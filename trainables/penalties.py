@@ -174,9 +174,13 @@ class VarianceConstancyPenalty(Penalty):
         return found
 
     def _pre_activations(self, model: nn.Module, inputs: torch.Tensor) -> list[torch.Tensor]:
+        """The inputs of every activation module, copied: an in-place activation
+        (``ReLU(inplace=True)``) overwrites the tensor it is given, which would otherwise leave the
+        post-activations here. The copy is differentiable and covers only 2·SUBSET examples."""
         captured: list[torch.Tensor] = []
         handles = [
-            m.register_forward_pre_hook(lambda _, args: captured.append(args[0])) for m in self._activations(model)
+            m.register_forward_pre_hook(lambda _, args: captured.append(args[0].clone()))
+            for m in self._activations(model)
         ]
         try:
             model(inputs[: 2 * self.SUBSET])

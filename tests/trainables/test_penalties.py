@@ -125,3 +125,19 @@ def test_vcl_matches_its_formula_and_trains_beta() -> None:
 def test_vcl_without_activation_modules_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="vcl"):
         make_penalty("vcl", 0.1).prepare(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.zeros(12, 4))
+
+
+def test_vcl_sees_pre_activations_of_in_place_activations() -> None:
+    """Regression: the pre-hook kept the very tensor that ReLU(inplace=True) then overwrote, so the
+    variances were those of the post-activations (issue 13, item 5)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(inplace=True), nn.Linear(6, 3)).double()
+    x, y = torch.randn(12, 4, dtype=torch.float64), torch.randint(3, (12,))
+    penalty = make_penalty("vcl", COEF).double()
+    out = penalty(model, x, y, model(x))
+    h = model[0](x[:10])  # pre-activations, computed apart
+    expected = COEF * (1 - h[:5].var(0) / (h[5:10].var(0) + 1)).pow(2).mean()
+    assert out.item() == pytest.approx(expected.item(), rel=1e-12)
+    (grad_w,) = torch.autograd.grad(out, [model[0].weight])
+    (expected_w,) = torch.autograd.grad(expected, [model[0].weight])
+    torch.testing.assert_close(grad_w, expected_w, rtol=1e-10, atol=1e-14)
