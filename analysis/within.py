@@ -87,7 +87,9 @@ def association(
     n, m = len(data), int(groups.max()) + 1 if len(groups) else 0
     block: dict[str, Any] = {"n_trials": n, "n_configurations": m}
     if m == 0:
-        block["message"] = "no configuration has 2 or more replicas with both values; run seed replicas"
+        block["message"] = (
+            "no configuration has 2 or more replicas with every value needed; run seed replicas (train.seed)"
+        )
         return block
     dev = deviations(data, groups)
     basis = np.linalg.qr(dev[:, 2:])[0] if data.shape[1] > 2 else np.empty((n, 0))

@@ -105,6 +105,7 @@ def test_study_runs_end_to_end_and_follows_the_mlflow_contract(
     assert table["mismatch"].isna().all()  # recomputed early/peak values equal the trainable's
     assert (table["raw_fisher_peak"] == table["logged_fisher_peak"]).all()  # fisher_peak is the smoothed read
     assert table["fisher_peak"].notna().all() and (table["fisher_peak_stderr"] > 0).all()
+    assert table["val_accuracy_at_peak"].notna().all()  # epoch metrics read from curves.parquet too
 
     # Extending: a larger num_samples continues the same Optuna study and parent run.
     assert main(["run", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_uri, "--num-samples", "6"]) == 0
