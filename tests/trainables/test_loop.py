@@ -104,14 +104,15 @@ def test_collapse_epoch_is_configurable() -> None:
 def test_budgeted_schedule_spreads_the_affordable_points_over_the_dense_window() -> None:
     from trainables.config import LogSchedule, ScheduleConfig
 
-    # 10 epochs × 40 steps = 400 steps; 10 % of them buys 40 / 4 = 10 points of 4 steps each,
-    # spread over the dense window of 2 epochs (80 steps): one every 8 steps.
+    # 10 epochs × 40 steps = 400 steps, plus 11 points (step 0, epoch ends) of 4 steps each:
+    # 444 steps; 10 % of them buys 44.4 / 4 = 11.1 more points, spread over the dense window of
+    # 2 epochs (80 steps): one every ⌈7.2⌉ = 8 steps.
     schedule = LogSchedule.resolve(ScheduleConfig(dense_until_epoch=2, budget=0.1), 40, 10, point_cost_steps=4.0)
     logged = [s for s in range(401) if schedule.is_logged(s)]
     assert logged[:11] == [0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80]
     assert logged[11:] == list(range(120, 401, 40))  # then epoch ends only
     extra = [s for s in logged if s % 40]
-    assert len(extra) * 4.0 <= 0.1 * 400
+    assert len(extra) * 4.0 <= 0.1 * (400 + 11 * 4.0)
     quadruple = LogSchedule.resolve(ScheduleConfig(dense_until_epoch=2, budget=0.4), 40, 10, point_cost_steps=4.0)
     assert quadruple.dense_every == 2  # 4× the budget, 4× the density
     explicit = LogSchedule.resolve(ScheduleConfig(dense_every=3, sparse_every=7), 40, 10, point_cost_steps=4.0)
