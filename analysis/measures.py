@@ -13,10 +13,12 @@ loss as example-weighted window means. Then
 - :func:`smoothed_peak`: the largest average at a centre ≥ epoch 1.0;
 - :func:`smoothed_early`: the Tr(F) average at the first centre whose train-loss average is < ε.
 
-Both return a :class:`Read`: the value, its standard error (the per-point ``fisher_trace_stderr``
-carried through the average's weights, points independent: labels are resampled at every step;
-the probe is fixed, so its composition error is common to nearby points and not reduced by
-averaging), the centre's epoch and the first logged step at or after it.
+Both return a :class:`Read`: the value, its standard error, the centre's epoch and the first
+logged step at or after it. The standard error is the weighted mean of the points'
+``fisher_trace_stderr`` (weights of the box average), as if their errors were fully correlated:
+the probe is one fixed set of examples, so its composition error is shared by nearby points and
+averaging does not shrink it. With the default exact estimator that is all of the error; with
+sampled labels the label part is independent between points and this bound is conservative.
 
 **Raw reads** (design §4's rules, which the trainable logs as its summary; kept to check the two
 agree): :func:`early_fisher_trace`, :func:`fisher_peak`, :func:`fisher_at_epoch`. No interpolation:
@@ -66,7 +68,7 @@ def _points(values: pd.Series, epoch: pd.Series) -> tuple[np.ndarray, np.ndarray
 
 def _read(steps: np.ndarray, t: np.ndarray, stderr: np.ndarray, centre: float, value: float, window: float) -> Read:
     where, weights = point_weights(t, centre, window)
-    se = float(np.sqrt(np.sum(weights**2 * stderr[where] ** 2)))
+    se = float(weights @ stderr[where])  # fully correlated errors: see the module docstring
     step = int(steps[np.searchsorted(t, centre - 1e-9)])
     return Read(value=float(value), stderr=se, epoch=float(centre), step=step)
 
