@@ -232,10 +232,8 @@ def _closed_form_values(
         for (path, (module, (a, _, _))), delta in zip(layers.items(), deltas, strict=True):
             if delta is None:  # the layer's output does not reach the logits: zero gradient
                 continue
-            rows = delta.shape[0] * m
-            a_rows = a.expand(delta.shape[0], *a.shape).reshape(rows, *a.shape[1:])
-            sq = closed_form(module)(module, a_rows, delta.reshape(rows, *delta.shape[2:]))
-            sums[path] += (w * sq.reshape(-1, m)).sum(0)
+            sq = closed_form(module)(module, a, delta)  # (k', M): the label sets share the inputs
+            sums[path] += (w * sq).sum(0)
     return sums
 
 

@@ -241,21 +241,20 @@ def test_standard_layers_use_closed_forms_and_others_the_fallback(monkeypatch: p
     assert seen["fallback"] == []
 
 
-@pytest.mark.parametrize(
-    ("name", "options", "shape"),
-    [
-        ("simple_cnn", {"padding": "same", "width": 4, "hidden": 8}, (1, 8, 8)),
-        ("simple_cnn", {"padding": "paper", "width": 4, "hidden": 8}, (3, 16, 16)),
-        ("mlp", {"hidden": 8, "depth": 2}, (1, 8, 8)),
-        ("resnet56", {"depth": 8, "width": 4}, (3, 8, 8)),
-        ("vgg11", {"width": 2, "hidden": 8}, (3, 32, 32)),
-        ("vgg11", {"width": 2, "hidden": 0, "batch_norm": True}, (3, 32, 32)),
-        ("wrn", {"depth": 10, "width": 1}, (3, 8, 8)),
-        ("wrn", {"depth": 8, "width": 1, "batch_norm": False}, (3, 8, 8)),  # SkipInit gains 0 here; ≠ 0: test_models
-        ("densenet_bc", {"depth": 10, "growth": 2}, (3, 8, 8)),
-    ],
-)
-def test_registry_models_match_the_loop(name: str, options: dict, shape: tuple[int, ...]) -> None:
+REGISTRY_CASES = [
+    ("simple_cnn", {"padding": "same", "width": 4, "hidden": 8}, (1, 8, 8)),
+    ("simple_cnn", {"padding": "paper", "width": 4, "hidden": 8}, (3, 16, 16)),
+    ("mlp", {"hidden": 8, "depth": 2}, (1, 8, 8)),
+    ("resnet56", {"depth": 8, "width": 4}, (3, 8, 8)),
+    ("vgg11", {"width": 2, "hidden": 8}, (3, 32, 32)),
+    ("vgg11", {"width": 2, "hidden": 0, "batch_norm": True}, (3, 32, 32)),
+    ("wrn", {"depth": 10, "width": 1}, (3, 8, 8)),
+    ("wrn", {"depth": 8, "width": 1, "batch_norm": False}, (3, 8, 8)),  # SkipInit gains set ≠ 0 below
+    ("densenet_bc", {"depth": 10, "growth": 2}, (3, 8, 8)),
+]
+
+
+def registry_model(name: str, options: dict, shape: tuple[int, ...]) -> nn.Module:
     from trainables.models import build_model, model_entry
     from trainables.schema import parse
 
@@ -264,8 +263,25 @@ def test_registry_models_match_the_loop(name: str, options: dict, shape: tuple[i
     with torch.no_grad():  # BatchNorm running statistics away from their initial values
         for _ in range(3):
             model(torch.randn(16, *shape, dtype=torch.float64) * 1.5 + 0.5)
+    for module in model.modules():  # SkipInit gains start at 0; away from it so they count
+        if hasattr(module, "gain"):
+            nn.init.constant_(module.gain, 0.3)
+    return model
+
+
+@pytest.mark.parametrize(("name", "options", "shape"), REGISTRY_CASES)
+def test_registry_models_match_the_loop(name: str, options: dict, shape: tuple[int, ...]) -> None:
+    model = registry_model(name, options, shape)
     x, y = torch.randn(6, *shape, dtype=torch.float64), torch.randint(10, (6,))
     torch.testing.assert_close(per_example_sq_grad_norms(model, x, y), reference_norms(model, x, y), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(("name", "options", "shape"), REGISTRY_CASES)
+def test_registry_models_exact_over_classes_match_the_loop(name: str, options: dict, shape: tuple[int, ...]) -> None:
+    model = registry_model(name, options, shape)
+    x = torch.randn(3, *shape, dtype=torch.float64)
+    expected = exact_reference(model, x)
+    assert fisher_trace(model, x, labels="exact").mean == pytest.approx(expected.mean().item(), rel=1e-9)
 
 
 def test_layers_followed_by_in_place_ops_are_detected_and_copied() -> None:
