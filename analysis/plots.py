@@ -35,7 +35,7 @@ def fisher_curves(table: pd.DataFrame, curves: dict[str, dict[str, pd.Series]], 
         ax.plot(joined["epoch"], joined["fisher"], style, color=color, lw=1, alpha=0.8)
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("Tr(F) (probe, sampled labels)")
+    ax.set_ylabel("Tr(F) on the probe")
     ax.set_title("Tr(F) during training (dotted: not completed)")
     if norm is not None:
         fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="learning rate")
