@@ -115,15 +115,7 @@ def label_noise(cfg: TrialConfig, peak_epoch: float, draws: int) -> dict[str, fl
     info = datasets.dataset_info(cfg.data.name)
     model = build_model(cfg.model.name, cfg.model.options, info.input_shape, info.num_classes)
     model.load_state_dict(state["model"])
-    splits = datasets.load(
-        cfg.data.name,
-        val_fraction=cfg.data.val_fraction,
-        label_noise=cfg.data.label_noise,
-        seed=cfg.data.seed,
-        cache_dir=cfg.data.cache_dir,
-        train_size=cfg.data.train_size,
-        device=torch.device("cpu"),
-    )
+    splits = cfg.data.load(torch.device("cpu"))
     n = len(splits.train_y)
     probe = splits.train_x[torch.randperm(n, generator=seeded_generator(cfg.data.seed))[: cfg.fisher.samples]]
     exact = fisher_trace(model, probe, labels="exact").mean

@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 import torch
 
-from trainables.data import DATASETS, check_cache_dir, dataset_info
+from trainables.data import DATASETS, Splits, check_cache_dir, dataset_info
+from trainables.data import load as load_splits
 from trainables.models import build_model, model_entry
 from trainables.penalties import make_penalty
 from trainables.schema import ConfigError, flatten, parse, require, unflatten
@@ -48,6 +49,18 @@ class DataConfig:
         why = f"false for {self.name} (the random crop and flip are offered for {', '.join(offered)} only)"
         require(not self.augment or info.augment, "data.augment", why, self.augment)
         check_cache_dir(self.name, self.cache_dir)
+
+    def load(self, device: torch.device) -> Splits:
+        """The train, validation and test splits this config describes, on ``device``."""
+        return load_splits(
+            self.name,
+            val_fraction=self.val_fraction,
+            label_noise=self.label_noise,
+            seed=self.seed,
+            cache_dir=self.cache_dir,
+            train_size=self.train_size,
+            device=device,
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -83,15 +83,7 @@ class _Window:
 
 def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None = None) -> Iterator[EpochReport]:
     torch.manual_seed(cfg.train.seed)
-    splits = datasets.load(
-        cfg.data.name,
-        val_fraction=cfg.data.val_fraction,
-        label_noise=cfg.data.label_noise,
-        seed=cfg.data.seed,
-        cache_dir=cfg.data.cache_dir,
-        train_size=cfg.data.train_size,
-        device=device,
-    )
+    splits = cfg.data.load(device)
     info = datasets.dataset_info(cfg.data.name)
     model = build_model(cfg.model.name, cfg.model.options, info.input_shape, info.num_classes).to(device)
     penalty = make_penalty(cfg.penalty.kind, cfg.penalty.coef, cfg.penalty.every).to(device)
