@@ -2,8 +2,8 @@
 
 Every figure is the median over ``--repeats`` rounds of time(method) / time(plain SGD step), the
 two timed back to back in each round (zero_grad, forward, mean CE, backward, step; same model and
-batch), after warm-up, all in one process. Methods that need optional packages (BackPACK, Opacus:
-``pip install -e .[bench]``) are skipped with a note when those are missing.
+batch), after warm-up, all in one process. Methods that need optional packages (BackPACK, Opacus,
+nngeometry: ``make bench``) are skipped with a note when those are missing.
 
     .venv/bin/python benchmarks/fisher_overhead.py [--batch 128] [--repeats 15] [--threads 2]
 """
@@ -132,6 +132,33 @@ def opacus_method(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], ob
     return run
 
 
+def nngeometry_method(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], object] | str:
+    """nngeometry's ``FIM_MonteCarlo(trials=1)`` + ``PMatImplicit.trace()``, built as FIM_MonteCarlo
+    builds it (the same hooks backend and log-softmax function) but with the labels given instead of
+    sampled inside, so that every method sees the same ŷ; trace = mean_n ‖∇θ log p(ŷ_n|x_n)‖²."""
+    try:
+        from nngeometry.backend import TorchHooksJacobianBackend
+        from nngeometry.layercollection import LayerCollection
+        from nngeometry.object import PMatImplicit
+    except ImportError:
+        return "not installed (pip install --no-deps nngeometry)"
+
+    def log_prob(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(model(x), dim=1).gather(1, y[:, None])
+
+    try:
+        backend = TorchHooksJacobianBackend(
+            model=model, function=log_prob, layer_collection=LayerCollection.from_model(model)
+        )
+    except Exception as error:  # an unsupported layer type
+        return f"refuses the model ({type(error).__name__})"
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> object:
+        return PMatImplicit(generator=backend, examples=(x, y)).trace() * len(x)
+
+    return run
+
+
 def measure(name: str, factory: Callable[[], nn.Module], batch: int, repeats: int) -> list[tuple[str, str]]:
     torch.manual_seed(0)
     model = factory()
@@ -163,7 +190,12 @@ def measure(name: str, factory: Callable[[], nn.Module], batch: int, repeats: in
         "per-example autograd loop": lambda: loop_norms(probe, x, labels),
         "torch.func vmap(grad)": lambda: vmap_norms(probe, x, labels),
     }
-    for label, maker in (("BackPACK BatchL2Grad", backpack_method), ("Opacus ghost clipping", opacus_method)):
+    makers = {
+        "BackPACK BatchL2Grad": backpack_method,
+        "Opacus ghost clipping": opacus_method,
+        "nngeometry FIM_MonteCarlo trace": nngeometry_method,
+    }
+    for label, maker in makers.items():
         made = maker(probe)
         methods[label] = made if isinstance(made, str) else (lambda f=made: f(x, labels))
     for label, fn in methods.items():
