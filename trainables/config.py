@@ -21,6 +21,11 @@ from trainables.models import build_model, model_entry
 from trainables.penalties import make_penalty
 from trainables.schema import ConfigError, flatten, parse, require, unflatten
 
+# The cost of a Tr(F) point per probe example, in training examples of an SGD step: one eval-mode
+# forward, then one backward row per label set. Fitted on CPU (SimpleCNN on digits, batch 32,
+# 64 probe examples: sampled K = 1 2.5 steps, K = 4 7.1, exact 13.2; benchmarks/README.md).
+FORWARD_COST = 0.65
+ROW_COST = 0.6
 TRIAL_INDEX_KEY = "__trial_index__"  # set by Ray's Repeater on replicated configurations
 SEEDS_KEY = "fishtune.seeds"  # the replica seeds, carried in param_space when train.seed is a grid
 PENALTY_KINDS = ("none", "fisher", "gp", "gpr", "gpx", "vcl")
@@ -199,13 +204,14 @@ class FisherConfig:
     def point_cost(self, num_classes: int, batch_size: int) -> float:
         """One Tr(F) point's cost in training steps, the schedule's cost model.
 
-        A point back-propagates one row per probe example and label set: C for exact, C + 1 for
-        empirical, K for sampled; one row costs about one training example's forward and
-        backward (measured on CPU: 0.22 ms a row against 0.22 ms an example of a SimpleCNN step on
-        digits; benchmarks/README.md). So a point costs rows × samples / batch_size steps.
+        A point runs one forward of the probe and back-propagates one row per probe example and
+        label set: C for exact, C + 1 for empirical, K for sampled. Per probe example the forward
+        costs :data:`FORWARD_COST` and a row :data:`ROW_COST` of a training example's step (the
+        backward stops at the layer outputs), so a point costs (FORWARD_COST + ROW_COST × rows) ×
+        samples / batch_size steps.
         """
         rows = {"exact": num_classes, "empirical": num_classes + 1, "sampled": self.label_samples or 1}[self.labels]
-        return rows * self.samples / batch_size
+        return (FORWARD_COST + ROW_COST * rows) * self.samples / batch_size
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

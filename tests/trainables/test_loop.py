@@ -119,12 +119,16 @@ def test_budgeted_schedule_spreads_the_affordable_points_over_the_dense_window()
     assert (explicit.dense_every, explicit.sparse_every) == (3, 7)
 
 
-def test_point_cost_counts_rows_per_example() -> None:
-    from trainables.config import FisherConfig
+def test_point_cost_counts_a_forward_and_one_row_per_label_set() -> None:
+    from trainables.config import FORWARD_COST, ROW_COST, FisherConfig
 
-    assert FisherConfig(samples=64, labels="exact").point_cost(num_classes=10, batch_size=32) == 20.0
-    assert FisherConfig(samples=64, labels="empirical").point_cost(num_classes=10, batch_size=32) == 22.0
-    assert FisherConfig(samples=64, labels="sampled", label_samples=4).point_cost(10, 32) == 8.0
+    per_example = {"exact": 10, "empirical": 11}
+    for labels, rows in per_example.items():
+        cost = FisherConfig(samples=64, labels=labels).point_cost(num_classes=10, batch_size=32)  # type: ignore[arg-type]
+        assert cost == pytest.approx(2 * (FORWARD_COST + ROW_COST * rows))
+    assert FisherConfig(samples=64, labels="sampled", label_samples=4).point_cost(10, 32) == pytest.approx(
+        2 * (FORWARD_COST + ROW_COST * 4)
+    )
 
 
 def test_train_loss_is_example_weighted_and_window_sizes_are_logged() -> None:
