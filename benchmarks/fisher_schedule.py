@@ -11,6 +11,9 @@ penalty; lr and penalty coefficient fixed to ``--lr`` / ``--coef``), all in this
    only at epoch ends (best of ``--repeats``, one process, one thread).
 4. **Density**: the same trial with a 4× larger and a 4× smaller budget; the peak read by the
    analysis' rules (:func:`analysis.measures.smoothed_peak`) against the default's.
+5. **Thinning** (``--thin``): the trial logged every 2 steps for 6 epochs, then thinned to every
+   4, 8, 16 and 41 steps (41 = epoch ends on digits); the peak read at several box widths
+   against the every-2-steps read: how dense a schedule the read needs.
 
     .venv/bin/python benchmarks/fisher_schedule.py [--lr 0.02] [--coef 0.003] [--repeats 2]
 """
@@ -142,6 +145,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--draws", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--thin", action="store_true", help="also run measurement 5 (thinning)")
     parser.add_argument(
         "--set",
         action="append",
@@ -193,6 +197,26 @@ def main() -> None:
         )
         for name, rel in noise.items():
             print(f"   {name}: relative std over {args.draws} label draws {rel:.1%}")
+    if args.thin:
+        thinning(args.lr, args.coef, overrides)
+
+
+def thinning(lr: float, coef: float, overrides: dict[str, Any]) -> None:
+    dense = {"fisher.schedule.dense_every": 2, "fisher.schedule.dense_until_epoch": 6.0}
+    cfg = trial_config(lr, coef, **overrides, **dense)
+    _, reports, _ = run(cfg)
+    fisher, epoch = curve(reports, "fisher_trace"), curve(reports, "epoch")
+    steps_per_epoch = reports[0].step
+    print("5. peak read after thinning an every-2-steps run, against the every-2-steps read")
+    for window in (0.5, 1.0, 2.0):
+        reference = smoothed_peak(fisher, epoch, window=window)
+        assert reference is not None
+        cells = []
+        for every in (4, 8, 16, steps_per_epoch):
+            keep = [s for s in fisher.index if s % every == 0 or s % steps_per_epoch == 0 or s > 6 * steps_per_epoch]
+            read = smoothed_peak(fisher[keep], epoch[keep], window=window)
+            cells.append(f"every {every}: {read.value / reference.value - 1:+.1%}" if read else f"every {every}: —")
+        print(f"   window {window} epochs (dense read {reference.value:.1f}): " + " | ".join(cells))
 
 
 if __name__ == "__main__":
