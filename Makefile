@@ -34,7 +34,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"
-	$(BIN)/python -m pip install -q --no-deps "backpack-for-pytorch>=1.7"
+	$(BIN)/python -m pip install -q --no-deps "backpack-for-pytorch>=1.7" "nngeometry==0.4"
 	$(BIN)/python benchmarks/fisher_overhead.py
 
 # The paper's claims in miniature (docs/results.md): each study from scratch in repro/, its

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from trainables.layer_norms import closed_form
+from trainables.layer_norms import closed_form, per_class_sq_norms
 
 DEFAULT_CHUNK = 256
 BACKWARD_ELEMENTS = 1 << 25  # activation elements one batched backward may hold (≈128 MB in fp32)
@@ -232,7 +232,7 @@ def _closed_form_values(
         for (path, (module, (a, _, _))), delta in zip(layers.items(), deltas, strict=True):
             if delta is None:  # the layer's output does not reach the logits: zero gradient
                 continue
-            sq = closed_form(module)(module, a, delta)  # (k', M): the label sets share the inputs
+            sq = per_class_sq_norms(module, a, delta)  # (k', M): the label sets share the inputs
             sums[path] += (w * sq).sum(0)
     return sums
 

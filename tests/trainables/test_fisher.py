@@ -90,7 +90,7 @@ def conv2d_net() -> nn.Module:
 
 
 def wide_conv_net() -> nn.Module:
-    """c·k² > 64 at stride 1: the flattened-slice path, instantiated, with dilation and reflect padding."""
+    """c·k² > 64 at stride 1: the grouped-convolution path, with dilation and reflect padding."""
     return nn.Sequential(
         nn.Conv2d(16, 4, 3, padding=2, dilation=2),
         nn.ReLU(),

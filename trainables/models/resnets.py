@@ -106,12 +106,10 @@ class SkipInit(nn.Module):
 
     def per_example_sq_grad_norms(self, a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """(N,) closed form for Tr(F): ∂ℓ_n/∂gain = ⟨δ_n, a_n⟩, so the torch.func fallback (a
-        second, vmapped backward through the whole network) is not needed. δ may carry a leading
-        label dimension, (K, N, …) → (K, N), as every closed form (trainables.layer_norms)."""
-        lead = delta.shape[: delta.dim() - a.dim() + 1]  # (N,) or (K, N)
+        second, vmapped backward through the whole network) is not needed."""
         if not self.gain.requires_grad:
-            return torch.zeros(lead, dtype=delta.dtype, device=delta.device)
-        return (a * delta).reshape(*lead, -1).sum(-1).pow(2)
+            return torch.zeros(len(a), dtype=delta.dtype, device=delta.device)
+        return (a * delta).reshape(len(a), -1).sum(1).pow(2)
 
 
 class WideBlock(nn.Module):
