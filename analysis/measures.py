@@ -3,9 +3,10 @@
 Curves are pandas Series indexed by optimizer step; ``epoch`` holds the fractional epoch at the
 steps where Tr(F) and the train loss are logged (design.md §4). Two families of reads:
 
-**Smoothed reads** (what the analysis uses). Logged points are noisy (Tr(F) on a 128-example
-probe with one sampled label each; a train-loss window can be a single short batch), so a max
-over points grows with the logging density and a crossing can fire on one lucky batch. Each
+**Smoothed reads** (what the analysis uses). Logged points can be noisy (Tr(F) with sampled
+labels, as studies before the exact default logged it; a train-loss window can be a single short
+batch) and are spaced by the schedule, so a max over points grows with the logging density and a
+crossing can fire on one lucky batch. Each
 curve is averaged over a box of ``window`` epochs at centres on a fixed grid of ``spacing``
 epochs (:mod:`analysis.smoothing`): Tr(F) as the linear interpolant of its points, the train
 loss as example-weighted window means. Then
