@@ -338,6 +338,8 @@ def fisher_trace(
             raise ValueError(f"label_samples: expected an integer ≥ 1, got {label_samples!r}")
         targets = _Targets("sampled", _uniforms(len(inputs), label_samples, generator))
     else:
+        if label_samples != 1:
+            raise ValueError("label_samples: given labels are used as they are; leave it at 1")
         targets = _Targets("given", labels)
     layers = _per_layer_values(model, inputs, targets, chunk_size)
     n = len(inputs)

@@ -360,6 +360,8 @@ def test_exact_refuses_label_samples_and_unknown_strings() -> None:
         fisher_trace(model, x, labels="exact", label_samples=4)
     with pytest.raises(ValueError, match="labels"):
         fisher_trace(model, x, labels="sampled")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="label_samples"):
+        fisher_trace(model, x, labels=torch.zeros(3, dtype=torch.long), label_samples=2)
 
 
 class Unused(nn.Module):
