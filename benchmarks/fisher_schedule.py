@@ -37,7 +37,7 @@ from analysis.measures import smoothed_peak
 from trainables import loop
 from trainables.config import TrialConfig
 from trainables.fisher import fisher_trace
-from trainables.loop import EpochReport, seeded_generator, train
+from trainables.loop import EpochReport, probe_indices, train
 from trainables.schema import unflatten
 
 DEFAULT_STUDY = Path(__file__).resolve().parents[1] / "studies" / "digits-quick.yaml"
@@ -119,13 +119,12 @@ def label_noise(cfg: TrialConfig, peak_epoch: float, draws: int) -> dict[str, fl
     model = build_model(cfg.model.name, cfg.model.options, info.input_shape, info.num_classes)
     model.load_state_dict(state["model"])
     splits = cfg.data.load(torch.device("cpu"))
-    n = len(splits.train_y)
-    probe = splits.train_x[torch.randperm(n, generator=seeded_generator(cfg.data.seed))[: cfg.fisher.samples]]
+    probe = splits.train_x[probe_indices(cfg, len(splits.train_y))]
     exact = fisher_trace(model, probe, labels="exact").mean
     estimators: dict[str, dict[str, Any]] = {
-        f"default ({cfg.fisher.labels}, K={cfg.fisher.label_samples or 1})": {
-            "labels": None if cfg.fisher.labels == "sampled" else "exact",
-            **({"label_samples": cfg.fisher.label_samples} if cfg.fisher.label_samples else {}),
+        f"default ({cfg.fisher.labels}, K={cfg.fisher.draws})": {
+            "labels": cfg.fisher.trace_labels,
+            "label_samples": cfg.fisher.draws,
         },
         "sampled K=1": {"labels": None, "label_samples": 1},
         "sampled K=16": {"labels": None, "label_samples": 16},

@@ -201,6 +201,17 @@ class FisherConfig:
         if self.epsilon is not None:
             require(self.epsilon > 0, "fisher.epsilon", "> 0", self.epsilon)
 
+    @property
+    def trace_labels(self) -> Literal["exact"] | None:
+        """The ``labels`` argument of :func:`trainables.fisher.fisher_trace` for the true Fisher:
+        ``None`` (sample from the model) or ``"exact"`` (also for ``empirical``)."""
+        return None if self.labels == "sampled" else "exact"
+
+    @property
+    def draws(self) -> int:
+        """Labels drawn per probe example: ``label_samples`` when sampled (default 1), else 1."""
+        return self.label_samples or 1
+
     def point_cost(self, num_classes: int, batch_size: int) -> float:
         """One Tr(F) point's cost in training steps, the schedule's cost model.
 
@@ -210,7 +221,7 @@ class FisherConfig:
         backward stops at the layer outputs), so a point costs (FORWARD_COST + ROW_COST × rows) ×
         samples / batch_size steps.
         """
-        rows = {"exact": num_classes, "empirical": num_classes + 1, "sampled": self.label_samples or 1}[self.labels]
+        rows = {"exact": num_classes, "empirical": num_classes + 1, "sampled": self.draws}[self.labels]
         return (FORWARD_COST + ROW_COST * rows) * self.samples / batch_size
 
 

@@ -294,7 +294,11 @@ def per_example_sq_grad_norms(
     model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, chunk_size: int = DEFAULT_CHUNK
 ) -> torch.Tensor:
     """‖∇θ CE(f(x_i), y_i)‖² for each example, over all parameters with ``requires_grad``."""
-    layers = per_layer_sq_grad_norms(model, inputs, labels, chunk_size)
+    return _total(per_layer_sq_grad_norms(model, inputs, labels, chunk_size), inputs)
+
+
+def _total(layers: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+    """The per-example sum over layers, (N,); zeros for a model with no trainable parameter."""
     if not layers:
         return torch.zeros(len(inputs), dtype=inputs.dtype, device=inputs.device)
     return torch.stack(list(layers.values())).sum(0)
@@ -343,10 +347,7 @@ def fisher_trace(
         targets = _Targets("given", labels)
     layers = _per_layer_values(model, inputs, targets, chunk_size)
     n = len(inputs)
-    if not layers:
-        values = torch.zeros(n, dtype=torch.float64)
-    else:
-        values = torch.stack(list(layers.values())).sum(0).double()
+    values = _total(layers, inputs).double()
     stderr = values.std().item() / math.sqrt(n) if n > 1 else float("nan")
     shares = {path: v.double().mean().item() for path, v in layers.items()} if per_layer else {}
     return TraceEstimate(mean=values.mean().item(), stderr=stderr, n=n, per_layer=shares)

@@ -54,6 +54,11 @@ def seeded_generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def probe_indices(cfg: TrialConfig, n_train: int) -> torch.Tensor:
+    """The fixed Tr(F) probe: ``fisher.samples`` training-split indices drawn once from ``data.seed``."""
+    return torch.randperm(n_train, generator=seeded_generator(cfg.data.seed))[: cfg.fisher.samples]
+
+
 class _Window:
     """Train statistics accumulated since the previous logged step, weighted by examples.
 
@@ -96,7 +101,7 @@ def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None =
     )
     n_train = len(splits.train_y)
     steps_per_epoch = math.ceil(n_train / cfg.train.batch_size)
-    probe = torch.randperm(n_train, generator=seeded_generator(cfg.data.seed))[: cfg.fisher.samples]
+    probe = probe_indices(cfg, n_train)
     # Un-augmented even with data.augment: Tr(F) is an expectation over the training set
     # (paper Eq. 1), and a fixed probe keeps the curve comparable with and without augmentation.
     probe_x, probe_y = splits.train_x[probe], splits.train_y[probe]
@@ -112,9 +117,9 @@ def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None =
         est = fisher_trace(
             model,
             probe_x,
-            labels=None if cfg.fisher.labels == "sampled" else "exact",
+            labels=cfg.fisher.trace_labels,
             generator=seeded_generator(cfg.train.seed, step),
-            label_samples=cfg.fisher.label_samples or 1,
+            label_samples=cfg.fisher.draws,
             per_layer=cfg.fisher.per_layer,
         )
         out = {"fisher_trace": est.mean, "fisher_trace_stderr": est.stderr}
