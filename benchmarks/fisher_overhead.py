@@ -5,7 +5,9 @@ two timed back to back in each round (zero_grad, forward, mean CE, backward, ste
 batch), after warm-up, all in one process. Methods that need optional packages (BackPACK, Opacus,
 nngeometry: ``make bench``) are skipped with a note when those are missing.
 
-    .venv/bin/python benchmarks/fisher_overhead.py [--batch 128] [--repeats 15] [--threads 2]
+    .venv/bin/python benchmarks/fisher_overhead.py [--batch 128] [--repeats 15] [--threads 2] [--device cuda]
+
+On CUDA every timing ends with ``torch.cuda.synchronize()``, so a ratio compares finished work.
 """
 
 from __future__ import annotations
@@ -52,8 +54,12 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 
 
 def seconds(fn: Callable[[], object]) -> float:
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
     start = time.perf_counter()
     fn()
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -159,10 +165,12 @@ def nngeometry_method(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor]
     return run
 
 
-def measure(name: str, factory: Callable[[], nn.Module], batch: int, repeats: int) -> list[tuple[str, str]]:
+def measure(
+    name: str, factory: Callable[[], nn.Module], batch: int, repeats: int, device: torch.device
+) -> list[tuple[str, str]]:
     torch.manual_seed(0)
-    model = factory()
-    x, y = torch.randn(batch, 3, 32, 32), torch.randint(10, (batch,))
+    model = factory().to(device)
+    x, y = torch.randn(batch, 3, 32, 32, device=device), torch.randint(10, (batch,), device=device)
     labels = sample_labels(model, x, torch.Generator().manual_seed(0))
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
@@ -175,7 +183,8 @@ def measure(name: str, factory: Callable[[], nn.Module], batch: int, repeats: in
         def step() -> None:
             opt.zero_grad()
             logits = model(x)
-            (F.cross_entropy(logits, y) + penalty(model, x, y, logits, torch.Generator().manual_seed(0))).backward()
+            penalty_loss = penalty(model, x, y, logits, torch.Generator().manual_seed(0))
+            (F.cross_entropy(logits, y) + penalty_loss).backward()
             opt.step()
 
         return step
@@ -219,11 +228,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device")
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, CPU")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, {where}")
     for name in args.models:
-        measure(name, MODELS[name], args.batch, args.repeats)
+        measure(name, MODELS[name], args.batch, args.repeats, device)
 
 
 if __name__ == "__main__":
