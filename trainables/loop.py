@@ -11,6 +11,10 @@ Divergence (design.md §4): a non-finite loss or parameter stops the trial at on
 (``collapse``). Very small learning rates can sit at chance for longer than 3 epochs before
 they start to learn; studies of them raise that epoch. The last report of a diverged trial carries the last
 finite objective.
+
+Three parts: :class:`_Trial` is what is built once (data, model, penalty, optimizer, probe,
+schedule), :class:`_Progress` what a checkpoint saves and restores, :func:`_train_epoch` one
+pass over the training split.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import copy
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,25 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables import data as datasets
+from trainables import report as names
 from trainables.config import LogSchedule, TrialConfig
 from trainables.early import Curve, early_fisher_trace, fisher_peak
 from trainables.fisher import eval_mode, fisher_trace
 from trainables.models import build_model
-from trainables.penalties import make_penalty
+from trainables.penalties import Penalty, make_penalty
+from trainables.report import EpochReport, Outcome
 
-Outcome = Literal["running", "completed", "diverged"]
-
-
-@dataclass(slots=True)
-class EpochReport:
-    epoch: int  # epochs completed
-    step: int  # optimizer steps taken
-    metrics: dict[str, float]
-    curves: dict[str, Curve]  # step-level points logged since the previous report
-    outcome: Outcome
-    diverged_reason: str | None = None
-    summary: dict[str, float] = field(default_factory=dict)  # only on the last report
-    state: dict[str, Any] = field(default_factory=dict)
+HISTORY = (names.TRAIN_LOSS, names.FISHER_TRACE, names.EPOCH)  # the curves the summary reads, kept whole
 
 
 def seeded_generator(*key: int) -> torch.Generator:
@@ -79,145 +73,224 @@ class _Window:
 
     def means(self) -> dict[str, float]:
         return {
-            "train_loss": self.loss / self.examples,
-            "penalty_loss": self.penalty / self.examples,
-            "train_accuracy": self.correct / self.examples,
-            "train_examples": float(self.examples),
+            names.TRAIN_LOSS: self.loss / self.examples,
+            names.PENALTY_LOSS: self.penalty / self.examples,
+            names.TRAIN_ACCURACY: self.correct / self.examples,
+            names.TRAIN_EXAMPLES: float(self.examples),
         }
 
 
-def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None = None) -> Iterator[EpochReport]:
-    torch.manual_seed(cfg.train.seed)
-    splits = cfg.data.load(device)
-    info = datasets.dataset_info(cfg.data.name)
-    model = build_model(cfg.model.name, cfg.model.options, info.input_shape, info.num_classes).to(device)
-    penalty = make_penalty(cfg.penalty.kind, cfg.penalty.coef, cfg.penalty.every).to(device)
-    penalty.prepare(model, splits.train_x[: cfg.train.batch_size])
-    optimizer = torch.optim.SGD(
-        [*model.parameters(), *penalty.parameters()],
-        lr=cfg.train.lr,
-        momentum=cfg.train.momentum,
-        weight_decay=cfg.train.weight_decay,
-    )
-    n_train = len(splits.train_y)
-    steps_per_epoch = math.ceil(n_train / cfg.train.batch_size)
-    probe = probe_indices(cfg, n_train)
-    # Un-augmented even with data.augment: Tr(F) is an expectation over the training set
-    # (paper Eq. 1), and a fixed probe keeps the curve comparable with and without augmentation.
-    probe_x, probe_y = splits.train_x[probe], splits.train_y[probe]
+@dataclass(slots=True, kw_only=True)
+class _Trial:
+    """What a trial builds once: data, model, penalty, optimizer, the fixed probe, the schedule."""
 
-    schedule = LogSchedule.resolve(
-        cfg.fisher.schedule,
-        steps_per_epoch,
-        cfg.train.epochs,
-        cfg.fisher.point_cost(info.num_classes, cfg.train.batch_size),
-    )
+    cfg: TrialConfig
+    device: torch.device
+    splits: datasets.Splits
+    num_classes: int
+    model: nn.Module
+    penalty: Penalty
+    optimizer: torch.optim.Optimizer
+    probe_x: torch.Tensor
+    probe_y: torch.Tensor
+    schedule: LogSchedule
 
-    def measure(step: int) -> dict[str, float]:
-        est = fisher_trace(
-            model,
-            probe_x,
-            labels=cfg.fisher.trace_labels,
-            generator=seeded_generator(cfg.train.seed, step),
-            label_samples=cfg.fisher.draws,
-            per_layer=cfg.fisher.per_layer,
+    @classmethod
+    def set_up(cls, cfg: TrialConfig, device: torch.device) -> _Trial:
+        torch.manual_seed(cfg.train.seed)
+        splits = cfg.data.load(device)
+        info = datasets.dataset_info(cfg.data.name)
+        model = build_model(cfg.model.name, cfg.model.options, info.input_shape, info.num_classes).to(device)
+        penalty = make_penalty(cfg.penalty.kind, cfg.penalty.coef, cfg.penalty.every).to(device)
+        penalty.prepare(model, splits.train_x[: cfg.train.batch_size])
+        optimizer = torch.optim.SGD(
+            [*model.parameters(), *penalty.parameters()],
+            lr=cfg.train.lr,
+            momentum=cfg.train.momentum,
+            weight_decay=cfg.train.weight_decay,
         )
-        out = {"fisher_trace": est.mean, "fisher_trace_stderr": est.stderr}
-        out.update({f"fisher_trace.layer.{path}": v for path, v in est.per_layer.items()})
-        if cfg.fisher.labels == "empirical":
-            out["fisher_trace_empirical"] = fisher_trace(model, probe_x, probe_y).mean
+        n_train = len(splits.train_y)
+        probe = probe_indices(cfg, n_train)
+        schedule = LogSchedule.resolve(
+            cfg.fisher.schedule,
+            math.ceil(n_train / cfg.train.batch_size),
+            cfg.train.epochs,
+            cfg.fisher.point_cost(info.num_classes, cfg.train.batch_size),
+        )
+        return cls(
+            cfg=cfg,
+            device=device,
+            splits=splits,
+            num_classes=info.num_classes,
+            model=model,
+            penalty=penalty,
+            optimizer=optimizer,
+            # Un-augmented even with data.augment: Tr(F) is an expectation over the training set
+            # (paper Eq. 1), and a fixed probe keeps the curve comparable with and without augmentation.
+            probe_x=splits.train_x[probe],
+            probe_y=splits.train_y[probe],
+            schedule=schedule,
+        )
+
+    @property
+    def n_train(self) -> int:
+        return len(self.splits.train_y)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n_train / self.cfg.train.batch_size)
+
+    def measure(self, step: int) -> dict[str, float]:
+        fisher = self.cfg.fisher
+        est = fisher_trace(
+            self.model,
+            self.probe_x,
+            labels=fisher.trace_labels,
+            generator=seeded_generator(self.cfg.train.seed, step),
+            label_samples=fisher.draws,
+            per_layer=fisher.per_layer,
+        )
+        out = {names.FISHER_TRACE: est.mean, names.FISHER_TRACE_STDERR: est.stderr}
+        out.update({names.layer_metric(path): v for path, v in est.per_layer.items()})
+        if fisher.labels == "empirical":
+            out[names.FISHER_TRACE_EMPIRICAL] = fisher_trace(self.model, self.probe_x, self.probe_y).mean
         return out
 
-    step, start_epoch = 0, 0
-    history: dict[str, Curve] = {"train_loss": [], "fisher_trace": [], "epoch": []}
-    best_test, last_objective = -math.inf, None
-    curves: dict[str, Curve] = {}
 
-    def log(point_step: int, values: dict[str, float]) -> None:
-        for name, value in values.items():
-            curves.setdefault(name, []).append((point_step, float(value)))
-            if name in history:
-                history[name].append((point_step, float(value)))
+@dataclass(slots=True)
+class _Progress:
+    """Where the trial is: the part a checkpoint restores, and the curves and window since the
+    last report (which it does not: a resumed trial logs from its checkpoint's step on)."""
 
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        penalty.load_state_dict(state["penalty"])
+    step: int = 0
+    epoch: int = 0  # epochs completed
+    best_test: float = -math.inf
+    history: dict[str, Curve] = field(default_factory=lambda: {name: [] for name in HISTORY})
+    last_objective: dict[str, float] = field(default_factory=dict)
+    curves: dict[str, Curve] = field(default_factory=dict)
+    window: _Window = field(default_factory=_Window)
+
+    @classmethod
+    def start(cls, trial: _Trial) -> _Progress:
+        progress = cls()
+        progress.log(0, {names.EPOCH: 0.0, **trial.measure(0)})
+        before = evaluate(trial.model, trial.splits.val_x, trial.splits.val_y)
+        progress.last_objective = {names.VAL_LOSS: before["loss"], names.VAL_ACCURACY: before["accuracy"]}
+        return progress
+
+    @classmethod
+    def restore(cls, trial: _Trial, state: dict[str, Any]) -> _Progress:
+        trial.model.load_state_dict(state["model"])
+        trial.optimizer.load_state_dict(state["optimizer"])
+        trial.penalty.load_state_dict(state["penalty"])
         torch.set_rng_state(state["torch_rng"].cpu())  # the checkpoint may have been mapped to a GPU
-        step, start_epoch, best_test = state["step"], state["epoch"], state["best_test"]
-        history, last_objective = state["history"], state["last_objective"]
-    else:
-        log(0, {"epoch": 0.0, **measure(0)})
-        last_objective = evaluate(model, splits.val_x, splits.val_y)
+        return cls(state["step"], state["epoch"], state["best_test"], state["history"], state["last_objective"])
 
-    window = _Window()
-    for epoch in range(start_epoch, cfg.train.epochs):
-        model.train()
-        order = torch.randperm(n_train, generator=seeded_generator(cfg.train.seed, epoch, 1)).to(device)
-        reason: str | None = None
-        epoch_correct = 0
-        for batch in order.split(cfg.train.batch_size):
-            x, y = splits.train_x[batch], splits.train_y[batch]
-            if cfg.data.augment:  # training batches only: CE and penalty see the same augmented batch
-                x = datasets.augment(x, seeded_generator(cfg.train.seed, step, 3))
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            pen = penalty(model, x, y, logits, seeded_generator(cfg.train.seed, step, 2))
-            if penalty.recomputed and penalty.batch_trace is not None:  # at θ after `step` steps
-                log(step, {"fisher_trace_batch": penalty.batch_trace})
-            optimizer.zero_grad(set_to_none=True)
-            (loss + pen).backward()
-            optimizer.step()
-            step += 1
-            if not (math.isfinite(loss.item()) and math.isfinite(pen.item())):
-                reason = "nonfinite"
-                break
-            correct = int((logits.argmax(1) == y).sum())
-            epoch_correct += correct
-            window.add(loss.item(), pen.item(), correct, len(y))
-            if schedule.is_logged(step):
-                if not _finite_model(model, probe_x):
-                    reason = "nonfinite"
-                    break
-                log(step, {"epoch": step / steps_per_epoch, **window.means(), **measure(step)})
-                window = _Window()
+    def snapshot(self, trial: _Trial) -> dict[str, Any]:
+        return copy.deepcopy(  # a snapshot: state_dict() tensors are the live parameters
+            {
+                "model": trial.model.state_dict(),
+                "optimizer": trial.optimizer.state_dict(),
+                "penalty": trial.penalty.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "step": self.step,
+                "epoch": self.epoch,
+                "best_test": self.best_test,
+                "history": self.history,
+                "last_objective": self.last_objective,
+            }
+        )
 
-        epoch_metrics = _epoch_metrics(model, splits) if reason is None else {}
-        if reason is None and not all(math.isfinite(v) for v in epoch_metrics.values()):
+    def log(self, point_step: int, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self.curves.setdefault(name, []).append((point_step, float(value)))
+            if name in self.history:
+                self.history[name].append((point_step, float(value)))
+
+    def take_curves(self) -> dict[str, Curve]:
+        curves, self.curves = self.curves, {}
+        return curves
+
+
+def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None = None) -> Iterator[EpochReport]:
+    trial = _Trial.set_up(cfg, device)
+    progress = _Progress.start(trial) if state is None else _Progress.restore(trial, state)
+    for epoch in range(progress.epoch, cfg.train.epochs):
+        reason, train_acc = _train_epoch(trial, progress, epoch)
+        metrics = _epoch_metrics(trial.model, trial.splits) if reason is None else {}
+        if reason is None and not all(math.isfinite(v) for v in metrics.values()):
             reason = "nonfinite"  # e.g. logits so large that the evaluation loss overflows
         if reason is None:
-            best_test = max(best_test, epoch_metrics["test_accuracy"])
-            train_acc = epoch_correct / n_train  # over the whole epoch: steadier than the last window
-            if epoch + 1 > cfg.train.collapse_after_epoch and train_acc <= 1.5 / info.num_classes:
+            progress.best_test = max(progress.best_test, metrics[names.TEST_ACCURACY])
+            if epoch + 1 > cfg.train.collapse_after_epoch and train_acc <= 1.5 / trial.num_classes:
                 reason = "collapse"
         if reason is not None:
-            yield _diverged_report(epoch, step, reason, last_objective, curves, history, best_test, cfg)
+            yield _diverged_report(trial, progress, epoch, reason)
             return
-        last_objective = epoch_metrics
-        done = epoch + 1 == cfg.train.epochs
-        report = EpochReport(
-            epoch=epoch + 1,
-            step=step,
-            metrics=epoch_metrics,
-            curves=curves,
-            outcome="completed" if done else "running",
-            summary=_summary(history, epoch_metrics, best_test, cfg) if done else {},
-            state=copy.deepcopy(  # a snapshot: state_dict() tensors are the live parameters
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "penalty": penalty.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "step": step,
-                    "epoch": epoch + 1,
-                    "best_test": best_test,
-                    "history": history,
-                    "last_objective": last_objective,
-                }
-            ),
-        )
-        curves = {}
-        yield report
+        progress.epoch, progress.last_objective = epoch + 1, metrics
+        yield _epoch_report(trial, progress, metrics)
+
+
+def _train_epoch(trial: _Trial, progress: _Progress, epoch: int) -> tuple[str | None, float]:
+    """One pass over the training split; returns the divergence reason (if it stopped early)
+    and the train accuracy over the epoch (steadier than the last window's)."""
+    cfg, model, splits = trial.cfg, trial.model, trial.splits
+    model.train()
+    order = torch.randperm(trial.n_train, generator=seeded_generator(cfg.train.seed, epoch, 1)).to(trial.device)
+    epoch_correct = 0
+    for batch in order.split(cfg.train.batch_size):
+        x, y = splits.train_x[batch], splits.train_y[batch]
+        if cfg.data.augment:  # training batches only: CE and penalty see the same augmented batch
+            x = datasets.augment(x, seeded_generator(cfg.train.seed, progress.step, 3))
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        pen = trial.penalty(model, x, y, logits, seeded_generator(cfg.train.seed, progress.step, 2))
+        if trial.penalty.recomputed and trial.penalty.batch_trace is not None:  # at θ after `step` steps
+            progress.log(progress.step, {names.FISHER_TRACE_BATCH: trial.penalty.batch_trace})
+        trial.optimizer.zero_grad(set_to_none=True)
+        (loss + pen).backward()
+        trial.optimizer.step()
+        progress.step += 1
+        if not (math.isfinite(loss.item()) and math.isfinite(pen.item())):
+            return "nonfinite", epoch_correct / trial.n_train
+        correct = int((logits.argmax(1) == y).sum())
+        epoch_correct += correct
+        progress.window.add(loss.item(), pen.item(), correct, len(y))
+        if trial.schedule.is_logged(progress.step):
+            if not _finite_model(model, trial.probe_x):
+                return "nonfinite", epoch_correct / trial.n_train
+            epoch_point = progress.step / trial.steps_per_epoch
+            progress.log(
+                progress.step, {names.EPOCH: epoch_point, **progress.window.means(), **trial.measure(progress.step)}
+            )
+            progress.window = _Window()
+    return None, epoch_correct / trial.n_train
+
+
+def _epoch_report(trial: _Trial, progress: _Progress, metrics: dict[str, float]) -> EpochReport:
+    done = progress.epoch == trial.cfg.train.epochs
+    return EpochReport(
+        epoch=progress.epoch,
+        step=progress.step,
+        metrics=metrics,
+        curves=progress.take_curves(),
+        outcome=Outcome.COMPLETED if done else Outcome.RUNNING,
+        summary=_summary(progress, metrics, trial.cfg) if done else {},
+        state=progress.snapshot(trial),
+    )
+
+
+def _diverged_report(trial: _Trial, progress: _Progress, epoch: int, reason: str) -> EpochReport:
+    """The final report of a diverged trial: the last finite objective, no checkpoint."""
+    return EpochReport(
+        epoch=epoch,
+        step=progress.step,
+        metrics=dict(progress.last_objective),
+        curves=progress.take_curves(),
+        outcome=Outcome.DIVERGED,
+        diverged_reason=reason,
+        summary=_summary(progress, {}, trial.cfg),
+    )
 
 
 @torch.no_grad()
@@ -238,10 +311,10 @@ def _epoch_metrics(model: nn.Module, splits: datasets.Splits) -> dict[str, float
     val = evaluate(model, splits.val_x, splits.val_y)
     test = evaluate(model, splits.test_x, splits.test_y)
     return {
-        "val_loss": val["loss"],
-        "val_accuracy": val["accuracy"],
-        "test_loss": test["loss"],
-        "test_accuracy": test["accuracy"],
+        names.VAL_LOSS: val["loss"],
+        names.VAL_ACCURACY: val["accuracy"],
+        names.TEST_LOSS: test["loss"],
+        names.TEST_ACCURACY: test["accuracy"],
     }
 
 
@@ -253,42 +326,18 @@ def _finite_model(model: nn.Module, probe: torch.Tensor) -> bool:
         return bool(torch.isfinite(model(probe)).all())
 
 
-def _summary(history: dict[str, Curve], last: dict[str, float], best_test: float, cfg: TrialConfig) -> dict[str, float]:
+def _summary(progress: _Progress, last: dict[str, float], cfg: TrialConfig) -> dict[str, float]:
     out: dict[str, float] = {}
-    if "test_accuracy" in last:
-        out["final_test_accuracy"] = last["test_accuracy"]
-        out["final_val_accuracy"] = last["val_accuracy"]
-    if math.isfinite(best_test):
-        out["best_test_accuracy"] = best_test
-    early = early_fisher_trace(history["train_loss"], history["fisher_trace"], cfg.epsilon)
+    if names.TEST_ACCURACY in last:
+        out[names.FINAL_TEST_ACCURACY] = last[names.TEST_ACCURACY]
+        out[names.FINAL_VAL_ACCURACY] = last[names.VAL_ACCURACY]
+    if math.isfinite(progress.best_test):
+        out[names.BEST_TEST_ACCURACY] = progress.best_test
+    history = progress.history
+    early = early_fisher_trace(history[names.TRAIN_LOSS], history[names.FISHER_TRACE], cfg.epsilon)
     if early is not None:
-        out["early_fisher_trace"] = early[0]
-    peak = fisher_peak(history["fisher_trace"], history["epoch"])
+        out[names.EARLY_FISHER_TRACE] = early[0]
+    peak = fisher_peak(history[names.FISHER_TRACE], history[names.EPOCH])
     if peak is not None:
-        out["fisher_peak"], out["fisher_peak_step"] = peak[0], float(peak[1])
+        out[names.FISHER_PEAK], out[names.FISHER_PEAK_STEP] = peak[0], float(peak[1])
     return out
-
-
-def _diverged_report(
-    epoch: int,
-    step: int,
-    reason: str,
-    last_objective: dict[str, float] | None,
-    curves: dict[str, Curve],
-    history: dict[str, Curve],
-    best_test: float,
-    cfg: TrialConfig,
-) -> EpochReport:
-    """The final report of a diverged trial: the last finite objective, no checkpoint."""
-    last = dict(last_objective or {})
-    if "loss" in last:  # the evaluation before the first epoch
-        last = {"val_loss": last["loss"], "val_accuracy": last["accuracy"]}
-    return EpochReport(
-        epoch=epoch,
-        step=step,
-        metrics=last,
-        curves=curves,
-        outcome="diverged",
-        diverged_reason=reason,
-        summary=_summary(history, {}, best_test, cfg),
-    )

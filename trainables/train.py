@@ -22,13 +22,14 @@ import ray
 import torch
 from ray import tune
 
+from trainables import report
 from trainables.config import TrialConfig
-from trainables.loop import EpochReport, train
+from trainables.loop import train
+from trainables.report import Placement
 
 STATE_FILE = "state.pt"
 # I/O on shared storage and a GPU shared with other trials can fail once and work on retry.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, torch.cuda.OutOfMemoryError)
-MAX_TRACEBACK_CHARS = 5000
 
 
 def trial_device() -> tuple[torch.device, str]:
@@ -61,23 +62,9 @@ def _set_threads() -> None:
     torch.set_num_threads(max(1, int(cpus)))
 
 
-def placement(device: str, note: str) -> dict[str, str]:
+def placement(device: str, note: str) -> Placement:
     """Where the trial ran, in every report: its device (and why, if not the assigned one) and node."""
-    return {"fishtune_device": device, "fishtune_device_note": note, "fishtune_node_id": node_id()}
-
-
-def to_result(report: EpochReport, device: torch.device, note: str) -> dict[str, Any]:
-    """The dict given to ``tune.report``; the driver's tracking callback reads these keys."""
-    return {
-        **report.metrics,
-        "epoch": report.epoch,
-        "step": report.step,
-        "fishtune_outcome": report.outcome,
-        "fishtune_diverged_reason": report.diverged_reason or "",
-        **placement(device_name(device), note),
-        "curves": report.curves,
-        "summary": report.summary,
-    }
+    return Placement(device=device, device_note=note, node_id=node_id())
 
 
 def load_state(directory: str, device: torch.device) -> dict[str, Any]:
@@ -88,23 +75,12 @@ def load_state(directory: str, device: torch.device) -> dict[str, Any]:
 
 
 def failed_result(error: BaseException, last: dict[str, Any] | None, device: str, note: str) -> dict[str, Any]:
-    """The last report of a trial whose code raised: its traceback at the step of its last
-    report. Ray's searcher and scheduler want the objective keys in every report: NaN, so that
-    no scheduler (ASHA) ranks other trials against a value this trial did not reach."""
+    """The last report of a trial whose code raised: its traceback, at the step of its last report."""
     text = "".join(traceback.format_exception(error)).strip()
     previous = last or {}
-    return {
-        "val_accuracy": float("nan"),
-        "val_loss": float("nan"),
-        "epoch": previous.get("epoch", 0),
-        "step": previous.get("step", 0),
-        "fishtune_outcome": "failed",
-        "fishtune_error": text[-MAX_TRACEBACK_CHARS:],
-        "fishtune_diverged_reason": "",
-        **placement(device, note),
-        "curves": {},
-        "summary": {},
-    }
+    return report.failed_result(
+        text, previous.get(report.EPOCH, 0), previous.get(report.STEP, 0), placement(device, note)
+    )
 
 
 def fishtune_trainable(config: dict[str, Any]) -> None:
@@ -118,14 +94,14 @@ def fishtune_trainable(config: dict[str, Any]) -> None:
             with checkpoint.as_directory() as d:
                 state = load_state(d, device)
         if state:
-            last = {"epoch": state["epoch"], "step": state["step"]}
-        for report in train(cfg, device, state):
-            last = to_result(report, device, note)
-            if not report.state:
+            last = {report.EPOCH: state["epoch"], report.STEP: state["step"]}
+        for epoch_report in train(cfg, device, state):
+            last = epoch_report.to_result(placement(device_name(device), note))
+            if not epoch_report.state:
                 tune.report(last)
                 continue
             with tempfile.TemporaryDirectory() as d:
-                torch.save(report.state, os.path.join(d, STATE_FILE))
+                torch.save(epoch_report.state, os.path.join(d, STATE_FILE))
                 tune.report(last, checkpoint=tune.Checkpoint.from_directory(d))
     except TRANSIENT_ERRORS:
         raise
