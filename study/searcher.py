@@ -19,8 +19,7 @@ from ray.tune.search import Repeater, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from study.spec import Domain, SearchSpec
-
-OUTCOME_KEY = "fishtune_outcome"
+from trainables.report import OUTCOME, Outcome, reported_outcome
 
 
 def distribution(domain: Domain) -> BaseDistribution:
@@ -49,14 +48,14 @@ class FishtuneOptunaSearch(OptunaSearch):
     """OptunaSearch that tells Optuna PRUNED for early-stopped and diverged trials, FAIL for failed ones."""
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        if result.get(OUTCOME_KEY) != "failed":
+        if reported_outcome(result) is not Outcome.FAILED:
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        outcome = (result or {}).get(OUTCOME_KEY)
-        if outcome == "failed":  # Ray's OptunaSearch would tell COMPLETE for any result with a value
+        outcome = reported_outcome(result)
+        if outcome is Outcome.FAILED:  # Ray's OptunaSearch would tell COMPLETE for any result with a value
             result, error = None, True
-        if error or outcome in (None, "completed") or trial_id in self._completed_trials:
+        if error or outcome in (None, Outcome.COMPLETED) or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result, error)
             return
         assert self._ot_study is not None  # set up by set_search_properties
@@ -80,23 +79,23 @@ class OutcomeRepeater(Repeater):
 
     def __init__(self, searcher: Searcher, repeat: int) -> None:
         super().__init__(searcher, repeat=repeat, set_index=True)
-        self._outcomes: dict[str, list[str]] = {}
+        self._outcomes: dict[str, list[Outcome]] = {}
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False, **kwargs: Any
     ) -> None:
         group = self._trial_id_to_group[trial_id]
         outcomes = self._outcomes.setdefault(group.primary_trial_id, [])
-        outcomes.append("failed" if error else str((result or {}).get(OUTCOME_KEY, "completed")))
+        outcomes.append(Outcome.FAILED if error else reported_outcome(result) or Outcome.COMPLETED)
         metric = self.searcher.metric
         group.report(trial_id, (result or {}).get(metric, np.nan))
         if not group.finished_reporting():
             return
-        if "failed" in outcomes:
+        if Outcome.FAILED in outcomes:
             self.searcher.on_trial_complete(group.primary_trial_id, result=None, error=True)
             return
-        outcome = "completed" if all(o == "completed" for o in outcomes) else "diverged"
-        summary = {metric: float(np.nanmean(group.scores())), OUTCOME_KEY: outcome}
+        outcome = Outcome.COMPLETED if all(o is Outcome.COMPLETED for o in outcomes) else Outcome.DIVERGED
+        summary = {metric: float(np.nanmean(group.scores())), OUTCOME: outcome.value}
         self.searcher.on_trial_complete(group.primary_trial_id, result=summary, error=False)
 
 

@@ -28,6 +28,7 @@ from ray.tune.experiment import Trial
 
 from study.mlflow_study import MAX_PARAMS_PER_BATCH, OUTCOME, ROLE, TRIAL_ID
 from trainables.config import TrialConfig
+from trainables.report import Outcome, TrialResult, reported_outcome, step_metrics
 
 log = logging.getLogger(__name__)
 
@@ -37,28 +38,17 @@ RETRY_PAUSE_S = 10.0
 REFUSED_FOR_GOOD = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST"})
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
-EPOCH_METRICS = ("val_accuracy", "val_loss", "test_accuracy", "test_loss")
-CURVE_METRICS = (
-    "epoch",
-    "train_loss",
-    "penalty_loss",
-    "train_accuracy",
-    "train_examples",
-    "fisher_trace",
-    "fisher_trace_stderr",
-    "fisher_trace_batch",
-    "fisher_trace_empirical",
-)
+MAX_ERROR_TAG_CHARS = 5000
 
 
-def trial_outcome(trial: Trial, errored: bool) -> str:
+def trial_outcome(trial: Trial, errored: bool) -> Outcome:
     """completed | early_stopped | diverged | failed, from the trial's last report."""
     if errored:
-        return "failed"
-    last = trial.last_result.get("fishtune_outcome")
-    if last in ("completed", "diverged", "failed"):
+        return Outcome.FAILED
+    last = reported_outcome(trial.last_result)
+    if last in (Outcome.COMPLETED, Outcome.DIVERGED, Outcome.FAILED):
         return last
-    return "early_stopped"  # stopped by the scheduler before its last epoch
+    return Outcome.EARLY_STOPPED  # stopped by the scheduler before its last epoch
 
 
 @dataclass(slots=True)
@@ -153,7 +143,12 @@ class MlflowTracking(Callback):
         if found:
             run_id = found[0].info.run_id
         else:
-            tags = {ROLE: "trial", TRIAL_ID: trial_id, OUTCOME: "running", "mlflow.parentRunId": self.parent_run_id}
+            tags = {
+                ROLE: "trial",
+                TRIAL_ID: trial_id,
+                OUTCOME: Outcome.RUNNING.value,
+                "mlflow.parentRunId": self.parent_run_id,
+            }
             run_id = self.client.create_run(
                 self.experiment, run_name=self._names.get(trial_id, trial_id), tags=tags
             ).info.run_id
@@ -171,7 +166,7 @@ class MlflowTracking(Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._register(trial)
-        self._pending.append(Write(trial.trial_id, "status", tags=[RunTag(OUTCOME, "running")]))
+        self._pending.append(Write(trial.trial_id, "status", tags=[RunTag(OUTCOME, Outcome.RUNNING.value)]))
         self.flush()
 
     def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Any, **info: Any) -> None:
@@ -188,24 +183,25 @@ class MlflowTracking(Callback):
     ) -> None:
         self._register(trial)
         now = int(time.time() * 1000)
+        reported = TrialResult.from_result(result)
         metrics = [
             Metric(name, float(value), now, int(step))
-            for name, points in result.get("curves", {}).items()
+            for name, points in reported.curves.items()
             for step, value in points
         ]
-        step = int(result["step"])
-        if result.get("fishtune_outcome") not in ("diverged", "failed"):  # those repeat an older epoch's values
-            metrics += [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result]
-        metrics += [Metric(k, float(v), now, step) for k, v in result.get("summary", {}).items()]
+        step = reported.step
+        if not reported.repeats_older_values:
+            metrics += [Metric(k, v, now, step) for k, v in reported.metrics.items()]
+        metrics += [Metric(k, float(v), now, step) for k, v in reported.summary.items()]
         tags = [
-            RunTag("fishtune.node", str(result.get("node_ip", ""))),
-            RunTag("fishtune.node_id", str(result.get("fishtune_node_id", ""))),
-            RunTag("fishtune.device", str(result.get("fishtune_device", ""))),
+            RunTag("fishtune.node", str(result.get("node_ip", ""))),  # Ray's key
+            RunTag("fishtune.node_id", reported.placement.node_id),
+            RunTag("fishtune.device", reported.placement.device),
         ]
-        if result.get("fishtune_device_note"):
-            tags.append(RunTag("fishtune.device_note", result["fishtune_device_note"]))
-        if result.get("fishtune_diverged_reason"):
-            tags.append(RunTag("fishtune.diverged_reason", result["fishtune_diverged_reason"]))
+        if reported.placement.device_note:
+            tags.append(RunTag("fishtune.device_note", reported.placement.device_note))
+        if reported.diverged_reason:
+            tags.append(RunTag("fishtune.diverged_reason", reported.diverged_reason))
         writes = [Write(trial.trial_id, "batch", metrics=chunk) for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH)]
         writes.append(Write(trial.trial_id, "batch", tags=tags))
         if result.get("should_checkpoint"):  # Tune's flag: this report came with a checkpoint
@@ -228,10 +224,10 @@ class MlflowTracking(Callback):
         self._register(trial)
         self._pending += self._held.pop(trial.trial_id, [])  # no restart will report them again
         outcome = trial_outcome(trial, errored)
-        tags = [RunTag(OUTCOME, outcome)]
-        if outcome == "failed":
-            tags.append(RunTag("fishtune.error", error_summary(trial)[-5000:]))
-        status = RunStatus.FAILED if outcome == "failed" else RunStatus.FINISHED
+        tags = [RunTag(OUTCOME, outcome.value)]
+        if outcome is Outcome.FAILED:
+            tags.append(RunTag("fishtune.error", error_summary(trial)[-MAX_ERROR_TAG_CHARS:]))
+        status = RunStatus.FAILED if outcome is Outcome.FAILED else RunStatus.FINISHED
         self._pending.append(Write(trial.trial_id, "batch", tags=tags))
         self._pending.append(Write(trial.trial_id, "close", status=RunStatus.to_string(status)))
         self.flush()
@@ -254,7 +250,7 @@ class MlflowTracking(Callback):
         instead of one history call per metric and run, and falls back to them when it is absent.
         """
         columns = {}
-        for name in (*CURVE_METRICS, *EPOCH_METRICS):
+        for name in step_metrics(self.client.get_run(run_id).data.metrics):
             history = self.client.get_metric_history(run_id, name)
             if history:
                 columns[name] = pd.Series({m.step: m.value for m in history}, dtype=float)
@@ -347,7 +343,7 @@ def _chunks(items: list[Metric], size: int) -> Iterable[list[Metric]]:
 
 def error_summary(trial: Trial) -> str:
     """The trial's own error text (last traceback lines) and where it ran."""
-    text = trial.last_result.get("fishtune_error") or ""  # a failure the trainable reported
+    text = TrialResult.from_result(trial.last_result).error  # a failure the trainable reported
     if not text:
         error = trial.get_error() if hasattr(trial, "get_error") else None
         text = str(error) if error is not None else "unknown error"

@@ -10,7 +10,7 @@ names it reads (analysis imports no trainables), checked against these by a test
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -82,6 +82,14 @@ def layer_metric(path: str) -> str:
 
 def is_curve_metric(name: str) -> bool:
     return name in CURVE_METRICS or name.startswith(FISHER_TRACE_LAYER)
+
+
+def step_metrics(logged: Iterable[str]) -> list[str]:
+    """The step-indexed metrics among ``logged`` names, in a fixed order: the curves, the
+    per-layer curves by path, then the epoch metrics (columns of a run's ``curves.parquet``)."""
+    present = set(logged)
+    layers = sorted(name for name in present if name.startswith(FISHER_TRACE_LAYER))
+    return [name for name in (*CURVE_METRICS, *layers, *EPOCH_METRICS) if name in present]
 
 
 @dataclass(frozen=True, slots=True)
