@@ -29,20 +29,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis import names
 from analysis.stats import correlations
 from analysis.within import association
 
-MEASURES = ("early_fisher_trace", "fisher_peak")
-READ_AT = {"early_fisher_trace": "early", "fisher_peak": "peak"}
-PRIMARY_MEASURE, PRIMARY_METHOD = "early_fisher_trace", "spearman"
+MEASURES = (names.EARLY_FISHER_TRACE, names.FISHER_PEAK)
+READ_AT = {names.EARLY_FISHER_TRACE: "early", names.FISHER_PEAK: "peak"}
+PRIMARY_MEASURE, PRIMARY_METHOD = names.EARLY_FISHER_TRACE, "spearman"
 PRIMARY_TEST = "across-configuration Spearman ρ with final test accuracy (permutation p, Fisher z 95 % CI)"
-TARGETS = {"correlations": "final_test_accuracy", "correlations_best": "best_test_accuracy"}
+TARGETS = {"correlations": names.FINAL_TEST_ACCURACY, "correlations_best": names.BEST_TEST_ACCURACY}
 
 
 def inference(used: pd.DataFrame) -> dict[str, Any]:
     """The report's correlations, within_configuration, beyond_early_val, primary and family keys."""
     groups = used["configuration"].to_numpy(int)
-    final = used["final_test_accuracy"].to_numpy(float)
+    final = used[names.FINAL_TEST_ACCURACY].to_numpy(float)
     out: dict[str, Any] = {
         key: {m: correlations(used[m].to_numpy(float), used[target].to_numpy(float), groups) for m in MEASURES}
         for key, target in TARGETS.items()
@@ -58,7 +59,7 @@ def beyond_early_val(used: pd.DataFrame, measure: str, groups: np.ndarray) -> di
     """The partial within-configuration association given the validation accuracy at the read."""
     at = READ_AT[measure]
     val = used[f"val_accuracy_at_{at}"].to_numpy(float)
-    block = association(used[measure].to_numpy(float), used["final_test_accuracy"].to_numpy(float), groups, val)
+    block = association(used[measure].to_numpy(float), used[names.FINAL_TEST_ACCURACY].to_numpy(float), groups, val)
     epochs = used[f"val_epoch_at_{at}"].dropna()
     out: dict[str, Any] = {
         "estimate": block.get("r"),

@@ -13,6 +13,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from analysis import names
 from analysis.table import COEF, LR
 
 BINS = 6
@@ -27,11 +28,11 @@ def fisher_curves(table: pd.DataFrame, curves: dict[str, dict[str, pd.Series]], 
     cmap = plt.get_cmap("viridis")
     for (_, row), run_id, lr in zip(table.iterrows(), run_ids, lrs, strict=True):
         c = curves.get(run_id, {})
-        joined = pd.concat({"fisher": c.get("fisher_trace"), "epoch": c.get("epoch")}, axis=1).dropna()
+        joined = pd.concat({"fisher": c.get(names.FISHER_TRACE), "epoch": c.get(names.EPOCH)}, axis=1).dropna()
         if joined.empty:
             continue
         color = cmap(norm(lr)) if norm is not None and np.isfinite(lr) else "tab:blue"
-        style = "-" if row["outcome"] == "completed" else ":"
+        style = "-" if row["outcome"] == names.COMPLETED else ":"
         ax.plot(joined["epoch"], joined["fisher"], style, color=color, lw=1, alpha=0.8)
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
@@ -45,18 +46,18 @@ def fisher_curves(table: pd.DataFrame, curves: dict[str, dict[str, pd.Series]], 
 
 def fisher_vs_accuracy(table: pd.DataFrame, report: dict) -> Figure:
     """Early Tr(F) and Fisher peak against final test accuracy, completed trials only."""
-    used = table[table["outcome"] == "completed"]
+    used = table[table["outcome"] == names.COMPLETED]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=100, sharey=True, layout="constrained")
     for ax, measure, label in zip(
         axes,
-        ("early_fisher_trace", "fisher_peak"),
+        (names.EARLY_FISHER_TRACE, names.FISHER_PEAK),
         ("early Tr(F) (smoothed, ε crossing)", "Tr(F) peak (smoothed, after epoch 1)"),
         strict=True,
     ):
         c = used[LR].astype(float) if LR in used else None
         points = ax.scatter(
             used[measure],
-            used["final_test_accuracy"],
+            used[names.FINAL_TEST_ACCURACY],
             c=c,
             cmap="viridis",
             norm=LogNorm() if c is not None and len(c) and c.min() > 0 else None,
@@ -84,7 +85,7 @@ def _log_label(value: float, _: int) -> str:
 
 def accuracy_heatmap(table: pd.DataFrame) -> Figure:
     """Mean final test accuracy over an lr × penalty-coefficient grid (log bins when continuous)."""
-    used = table[table["outcome"] == "completed"].copy()
+    used = table[table["outcome"] == names.COMPLETED].copy()
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
     for axis in (LR, COEF):
         values = used[axis].astype(float)
@@ -92,7 +93,7 @@ def accuracy_heatmap(table: pd.DataFrame) -> Figure:
             edges = np.geomspace(values[values > 0].min(), values.max() * (1 + 1e-9), BINS + 1)
             centres = np.sqrt(edges[:-1] * edges[1:])  # geometric bin centres
             used[axis] = centres[np.clip(np.digitize(values, edges) - 1, 0, BINS - 1)]
-    grid = used.pivot_table(index=COEF, columns=LR, values="final_test_accuracy", aggfunc="mean")
+    grid = used.pivot_table(index=COEF, columns=LR, values=names.FINAL_TEST_ACCURACY, aggfunc="mean")
     image = ax.imshow(grid.values, origin="lower", cmap="magma", aspect="auto")
     ax.set_xticks(range(len(grid.columns)), [f"{v:.2g}" for v in grid.columns], rotation=45)
     ax.set_yticks(range(len(grid.index)), [f"{v:.2g}" for v in grid.index])

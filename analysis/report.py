@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from analysis import plots
+from analysis import names, plots
 from analysis.configurations import configuration_keys
 from analysis.inference import MEASURES, inference, primary
 from analysis.markdown import markdown
@@ -25,7 +25,7 @@ from analysis.store import StudyData, load_study
 from analysis.table import COEF, LR, trials_table
 
 MIN_TRIALS = 3
-EXCLUDED = ("diverged", "failed", "early_stopped")
+EXCLUDED = (names.DIVERGED, names.FAILED, names.EARLY_STOPPED)
 EPOCH_K = 20.0  # the paper's §5 reads Tr(F) at the end of epoch 20
 
 
@@ -48,7 +48,7 @@ def build_report(
     # A canonical order (configuration, then seed), so the seeded permutations do not depend on
     # the order in which trials happened to finish.
     order = [k for k in ("configuration", "seed", "trial_id") if k in table]
-    used = table[table["outcome"] == "completed"].sort_values(order, kind="stable")
+    used = table[table["outcome"] == names.COMPLETED].sort_values(order, kind="stable")
     report: dict[str, Any] = {
         "study": study.name,
         "epsilon": epsilon,
@@ -56,7 +56,7 @@ def build_report(
         "n_trials": len(table),
         "n_used": len(used),
         "excluded": {reason: int((table["outcome"] == reason).sum()) for reason in EXCLUDED},
-        "not_crossed": [str(t) for t in used.loc[used["early_fisher_trace"].isna(), "trial_id"]],
+        "not_crossed": [str(t) for t in used.loc[used[names.EARLY_FISHER_TRACE].isna(), "trial_id"]],
         "accuracy": {
             "final": "final_test_accuracy (after the last epoch)",
             "best": "best_test_accuracy (max over epochs)",
@@ -84,7 +84,7 @@ def aggregates(used: pd.DataFrame, keys: list[str]) -> list[dict[str, Any]]:
         values = values if isinstance(values, tuple) else (values,)
         row: dict[str, Any] = dict(zip(keys, values, strict=True))
         row["n"] = len(group)
-        for name in ("final_val_accuracy", "final_test_accuracy", "best_test_accuracy", *MEASURES):
+        for name in (names.FINAL_VAL_ACCURACY, names.FINAL_TEST_ACCURACY, names.BEST_TEST_ACCURACY, *MEASURES):
             row[f"{name}_mean"] = _clean(group[name].mean())
             row[f"{name}_std"] = _clean(group[name].std(ddof=1)) if len(group) > 1 else None
         out.append(row)
@@ -101,7 +101,7 @@ def importances(used: pd.DataFrame, keys: list[str]) -> dict[str, float]:
     for key in keys:
         values = pd.to_numeric(used[key], errors="coerce")
         if values.notna().sum() >= MIN_TRIALS and values.nunique() > 1:
-            rho = values.corr(used["final_test_accuracy"], method="spearman")
+            rho = values.corr(used[names.FINAL_TEST_ACCURACY], method="spearman")
             scores[key] = abs(rho) if math.isfinite(rho) else 0.0
     total = sum(scores.values())
     return {k: v / total for k, v in scores.items()} if total > 0 else scores

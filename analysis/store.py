@@ -14,17 +14,18 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from analysis import names
+
 # train_examples (examples per train_loss window) is absent from studies logged before it existed.
-CURVES = ("train_loss", "train_examples", "fisher_trace", "fisher_trace_stderr", "epoch", "val_accuracy")
-CURVES_FILE = "curves.parquet"
-SUMMARY = (
-    "final_test_accuracy",
-    "final_val_accuracy",
-    "best_test_accuracy",
-    "early_fisher_trace",
-    "fisher_peak",
-    "fisher_peak_step",
+CURVES = (
+    names.TRAIN_LOSS,
+    names.TRAIN_EXAMPLES,
+    names.FISHER_TRACE,
+    names.FISHER_TRACE_STDERR,
+    names.EPOCH,
+    names.VAL_ACCURACY,
 )
+CURVES_FILE = "curves.parquet"
 
 
 class StudyNotFound(LookupError):

@@ -13,6 +13,7 @@ import math
 
 import pandas as pd
 
+from analysis import names
 from analysis.configurations import SEED, configuration_ids, configuration_keys
 from analysis.measures import (
     WINDOW_EPOCHS,
@@ -23,11 +24,11 @@ from analysis.measures import (
     smoothed_early,
     smoothed_peak,
 )
-from analysis.store import SUMMARY, StudyData
+from analysis.store import StudyData
 
 LR = "train.lr"
 COEF = "penalty.coef"
-RAW = ("early_fisher_trace", "fisher_peak", "fisher_peak_step")  # summaries the raw reads recompute
+RAW = (names.EARLY_FISHER_TRACE, names.FISHER_PEAK, names.FISHER_PEAK_STEP)  # summaries the raw reads recompute
 EMPTY = pd.Series(dtype=float)
 
 
@@ -39,21 +40,21 @@ def _number(value: object) -> object:
 
 
 def _reads(curves: dict[str, pd.Series], epsilon: float, window: float) -> dict[str, float]:
-    fisher, epoch = curves.get("fisher_trace", EMPTY), curves.get("epoch", EMPTY)
-    loss, stderr = curves.get("train_loss", EMPTY), curves.get("fisher_trace_stderr")
-    val = curves.get("val_accuracy", EMPTY).dropna()
+    fisher, epoch = curves.get(names.FISHER_TRACE, EMPTY), curves.get(names.EPOCH, EMPTY)
+    loss, stderr = curves.get(names.TRAIN_LOSS, EMPTY), curves.get(names.FISHER_TRACE_STDERR)
+    val = curves.get(names.VAL_ACCURACY, EMPTY).dropna()
     early = smoothed_early(
-        fisher, loss, epoch, epsilon, stderr=stderr, weights=curves.get("train_examples"), window=window
+        fisher, loss, epoch, epsilon, stderr=stderr, weights=curves.get(names.TRAIN_EXAMPLES), window=window
     )
     peak = smoothed_peak(fisher, epoch, stderr=stderr, window=window)
     row: dict[str, float] = {}
-    for name, read, at in (("early_fisher_trace", early, "early"), ("fisher_peak", peak, "peak")):
+    for name, read, at in ((names.EARLY_FISHER_TRACE, early, "early"), (names.FISHER_PEAK, peak, "peak")):
         row[name] = read.value if read else math.nan
         row[f"{name}_stderr"] = read.stderr if read else math.nan
         row[f"{name}_epoch"] = read.epoch if read else math.nan
         row[f"val_accuracy_at_{at}"], row[f"val_epoch_at_{at}"] = _val_after(val, epoch, read)
     row["reached_epsilon_step"] = early.step if early else math.nan
-    row["fisher_peak_step"] = peak.step if peak else math.nan
+    row[names.FISHER_PEAK_STEP] = peak.step if peak else math.nan
     raw_early, raw_peak = early_fisher_trace(loss, fisher, epsilon), fisher_peak(fisher, epoch)
     row["raw_early_fisher_trace"] = raw_early[0] if raw_early else math.nan
     row["raw_fisher_peak"] = raw_peak[0] if raw_peak else math.nan
@@ -83,12 +84,12 @@ def trials_table(study: StudyData, epsilon: float, epoch_k: float, window: float
             row[name] = _number(run.get(f"params.{name}"))
         row["seed"] = _number(run.get(f"params.{SEED}"))
         row.update(_reads(curves, epsilon, window))
-        fisher, epoch = curves.get("fisher_trace", EMPTY), curves.get("epoch", EMPTY)
+        fisher, epoch = curves.get(names.FISHER_TRACE, EMPTY), curves.get(names.EPOCH, EMPTY)
         row[f"fisher_at_epoch_{epoch_k:g}"] = fisher_at_epoch(fisher, epoch, epoch_k)
-        for name in ("final_test_accuracy", "best_test_accuracy", "final_val_accuracy"):
+        for name in (names.FINAL_TEST_ACCURACY, names.BEST_TEST_ACCURACY, names.FINAL_VAL_ACCURACY):
             row[name] = run.get(f"metrics.{name}", math.nan)
         mismatched = []
-        for name in SUMMARY:
+        for name in names.SUMMARY_METRICS:
             logged = run.get(f"metrics.{name}", math.nan)
             row[f"logged_{name}"] = logged
             if name in RAW and not math.isnan(float(logged)) and not _same(logged, row[f"raw_{name}"]):
