@@ -1,0 +1,151 @@
+"""What the driver writes to a trial's MLflow child run, and how one write is stored.
+
+A :class:`Write` is one store call; :class:`ChildRuns` performs it on the trial's child run,
+found by its ``fishtune.trial_id`` tag or created (nested under the study's parent run). Each
+write is safe to repeat: MLflow keeps one copy of an identical metric point, param or tag, so a
+request that timed out but did land, then written again, stores nothing twice. Ordering,
+retries and keeping writes on disk are :mod:`study.write_queue`'s.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import pandas as pd
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+from study.mlflow_study import MAX_PARAMS_PER_BATCH, OUTCOME, ROLE, TRIAL_ID
+from trainables.report import Outcome, step_metrics
+
+T = TypeVar("T")
+
+# MLflow error codes that retrying cannot fix (the request itself is refused, e.g. a param
+# logged again with another value, or a run deleted by hand); anything else counts as an outage.
+REFUSED_FOR_GOOD = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST"})
+MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
+MAX_TAGS_PER_BATCH = 100
+
+
+@dataclass(slots=True)
+class Write:
+    """One store call for one trial's child run, queued until it succeeds.
+
+    ``kind``: ``batch`` (one ``log_batch`` of params, metrics and tags), ``status`` (mark the run
+    RUNNING) or ``close`` (snapshot ``curves.parquet``, then terminate the run with ``status``).
+    Each is safe to repeat after a failure that left it half done.
+    """
+
+    trial_id: str
+    kind: Literal["batch", "status", "close"]
+    params: list[Param] = field(default_factory=list)
+    metrics: list[Metric] = field(default_factory=list)
+    tags: list[RunTag] = field(default_factory=list)
+    status: str = ""
+
+    def describe(self) -> str:
+        keys = sorted({m.key for m in self.metrics} | {p.key for p in self.params} | {t.key for t in self.tags})
+        return f"a {self.kind} write of trial {self.trial_id} (keys: {', '.join(keys)[:200] or 'none'})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "trial_id": self.trial_id,
+            "kind": self.kind,
+            "params": [[p.key, p.value] for p in self.params],
+            "metrics": [[m.key, m.value, m.timestamp, m.step] for m in self.metrics],
+            "tags": [[t.key, t.value] for t in self.tags],
+            "status": self.status,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Write:
+        return cls(
+            trial_id=d["trial_id"],
+            kind=d["kind"],
+            params=[Param(k, v) for k, v in d["params"]],
+            metrics=[Metric(k, v, t, s) for k, v, t, s in d["metrics"]],
+            tags=[RunTag(k, v) for k, v in d["tags"]],
+            status=d["status"],
+        )
+
+
+def batches(
+    trial_id: str, *, params: Sequence[Param] = (), metrics: Sequence[Metric] = (), tags: Sequence[RunTag] = ()
+) -> list[Write]:
+    """``batch`` writes within MLflow's per-call limits: the params, then the metrics, then the tags."""
+    return (
+        [Write(trial_id, "batch", params=chunk) for chunk in _chunks(params, MAX_PARAMS_PER_BATCH)]
+        + [Write(trial_id, "batch", metrics=chunk) for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH)]
+        + [Write(trial_id, "batch", tags=chunk) for chunk in _chunks(tags, MAX_TAGS_PER_BATCH)]
+    )
+
+
+def _chunks(items: Sequence[T], size: int) -> list[list[T]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+class ChildRuns:
+    """The study's child runs in one experiment of the store, one per trial id."""
+
+    def __init__(self, client: MlflowClient, experiment: str, parent_run_id: str) -> None:
+        self.client = client
+        self.experiment = experiment
+        self.parent_run_id = parent_run_id
+        self._runs: dict[str, str] = {}  # trial id → run id, for runs known to exist
+
+    def run_id(self, trial_id: str, run_name: str) -> str:
+        """The trial's child run: found by its ``fishtune.trial_id`` tag, else created as ``run_name``."""
+        if trial_id in self._runs:
+            return self._runs[trial_id]
+        found = self.client.search_runs(
+            [self.experiment], filter_string=f"tags.`{TRIAL_ID}` = '{trial_id}'", max_results=1
+        )
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            tags = {
+                ROLE: "trial",
+                TRIAL_ID: trial_id,
+                OUTCOME: Outcome.RUNNING.value,
+                "mlflow.parentRunId": self.parent_run_id,
+            }
+            run_id = self.client.create_run(self.experiment, run_name=run_name, tags=tags).info.run_id
+        self._runs[trial_id] = run_id
+        return run_id
+
+    def apply(self, write: Write, run_name: str) -> None:
+        """Store ``write``; raises what the client raises."""
+        # synchronous=True: with MLFLOW_ENABLE_ASYNC_LOGGING set, log_batch would return at once
+        # and MLflow's own thread would drop a batch the store fails, counted here as stored.
+        run_id = self.run_id(write.trial_id, run_name)
+        if write.kind == "batch":
+            self.client.log_batch(run_id, metrics=write.metrics, params=write.params, tags=write.tags, synchronous=True)
+        elif write.kind == "status":
+            self.client.log_batch(run_id, tags=write.tags, synchronous=True)
+            self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        else:
+            self._log_curves(run_id)
+            self.client.set_terminated(run_id, status=write.status)
+
+    def _log_curves(self, run_id: str) -> None:
+        """All step-level curves of the run as one ``curves.parquet`` artifact (column per metric).
+
+        MLflow 3 has no exact bulk read of metric histories; the analysis reads this file
+        instead of one history call per metric and run, and falls back to them when it is absent.
+        """
+        columns = {}
+        for name in step_metrics(self.client.get_run(run_id).data.metrics):
+            history = self.client.get_metric_history(run_id, name)
+            if history:
+                columns[name] = pd.Series({m.step: m.value for m in history}, dtype=float)
+        if not columns:
+            return
+        frame = pd.DataFrame(columns).sort_index().rename_axis("step").reset_index()
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "curves.parquet"
+            frame.to_parquet(path, index=False)
+            self.client.log_artifact(run_id, str(path))

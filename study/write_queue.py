@@ -1,0 +1,234 @@
+"""The driver's ordered MLflow write queue: enqueue without I/O, one writer thread, nothing lost.
+
+Callers only enqueue (:meth:`WriteQueue.put` never touches the store). One background writer
+thread stores the writes one by one, in order; a write that fails stays at the head and the
+writer pauses (:data:`RETRY_PAUSE_S`) before retrying; a write the store refuses for good is
+logged and dropped so that it does not hold back the rest. At the end, :meth:`WriteQueue.drain`
+waits for the queue to empty, and :meth:`WriteQueue.spill` keeps what the store never took on
+disk, for :meth:`WriteQueue.replay` by the next launch.
+
+How long one request may block the writer is MLflow's choice: ``MLFLOW_HTTP_REQUEST_TIMEOUT``
+and ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` are read from the process environment at every HTTP
+request (``mlflow/utils/rest_utils.py::http_request``, MLflow 3.17), with no per-client setting,
+so the launcher sets short values for the whole driver process (``use_short_mlflow_retries``;
+the user's own values win). A store that hangs therefore delays only the writer, never Tune.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from study.mlflow_writes import REFUSED_FOR_GOOD, ChildRuns, Write
+
+log = logging.getLogger(__name__)
+
+RETRY_PAUSE_S = 10.0  # after a failed write, before the writer tries the store again
+DRAIN_POLL_S = 2.0  # the same pause while :meth:`WriteQueue.drain` waits
+REPLAY_WAIT_S = 30.0  # how long a replay waits for a store that takes nothing
+
+
+class WriteQueue:
+    """Ordered writes to the child runs (nested under ``parent_run_id``) of one experiment.
+
+    ``client`` (tests): the client to write with, instead of one opened on ``tracking_uri``.
+    Picklable (Tune pickles its callbacks): the copy has the queued writes and no thread.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        parent_run_id: str,
+        *,
+        client: MlflowClient | None = None,
+        retry_pause_s: float = RETRY_PAUSE_S,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.parent_run_id = parent_run_id
+        self.retry_pause_s = retry_pause_s
+        self.refused = 0  # writes the store refused for good (logged, dropped)
+        self._client = client
+        self._pending: deque[Write] = deque()  # the head is the write being stored
+        self._names: dict[str, str] = {}  # trial id → run name, to create the run when the store allows
+        self._start_sync()
+
+    def _start_sync(self) -> None:
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self._hurry = False  # a drain is waiting: retry every DRAIN_POLL_S, and now
+        self._warned = False  # the user was told that the store is unreachable
+        self._stored_at = time.monotonic()  # when the store last took a write
+
+    def __getstate__(self) -> dict[str, Any]:
+        with self._cond:
+            keep = ("tracking_uri", "experiment", "parent_run_id", "retry_pause_s", "refused")
+            return {k: getattr(self, k) for k in keep} | {
+                "_client": None,
+                "_pending": deque(self._pending),
+                "_names": dict(self._names),
+            }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._start_sync()
+
+    @property
+    def pending(self) -> list[Write]:
+        """What the store has not taken yet, in order (the head may be in flight)."""
+        with self._cond:
+            return list(self._pending)
+
+    def name_run(self, trial_id: str, name: str) -> None:
+        """The name the trial's child run gets if the writer has to create it."""
+        with self._cond:
+            self._names.setdefault(trial_id, name)
+
+    def put(self, *writes: Write) -> None:
+        """Queue ``writes`` after everything queued so far; returns at once, without I/O."""
+        with self._cond:
+            if self._stopped:
+                raise RuntimeError(
+                    f"the MLflow write queue for {self.tracking_uri} is stopped; {len(writes)} write(s) refused"
+                )
+            self._pending.extend(writes)
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        if self._thread is None and self._pending:
+            self._thread = threading.Thread(target=self._write_all, name="fishtune-mlflow-writer", daemon=True)
+            self._thread.start()
+        self._cond.notify_all()
+
+    def drain(self, timeout_s: float) -> int:
+        """Wait until every queued write is stored, or until the store has taken nothing for
+        ``timeout_s`` (a store that keeps taking writes is waited for). Returns how many are
+        left; if any, the writer is stopped, so that :attr:`pending` is what :meth:`spill` keeps."""
+        with self._cond:
+            self._hurry = True
+            if not self._stopped:
+                self._start_writer()
+            if self._pending and self._warned:
+                log.warning(
+                    "waiting up to %.0f s for the MLflow store to take %d buffered write(s)",
+                    timeout_s,
+                    len(self._pending),
+                )
+            started = time.monotonic()
+            while self._pending and not self._stopped:
+                left_s = max(started, self._stored_at) + timeout_s - time.monotonic()
+                if left_s <= 0:
+                    break
+                self._cond.wait(left_s)
+            self._hurry = False
+            if self._pending:
+                self._stop()
+            return len(self._pending)
+
+    def spill(self, path: Path) -> int:
+        """Stop the writer and append what the store never took to ``path`` (JSON lines), for
+        :meth:`replay`. Returns how many writes were kept."""
+        with self._cond:
+            self._stop()
+            writes, self._pending = list(self._pending), deque()
+            if writes:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("a") as f:
+                    for write in writes:
+                        name = {write.trial_id: self._names.get(write.trial_id, write.trial_id)}
+                        f.write(json.dumps({"runs": name, "write": write.to_json()}) + "\n")
+            return len(writes)
+
+    def replay(self, path: Path, timeout_s: float = REPLAY_WAIT_S) -> int:
+        """Queue the writes an earlier launch spilled to ``path`` and :meth:`drain` them; the
+        file is removed once all of them are stored, else kept whole. Returns how many are left."""
+        if not path.is_file():
+            return 0
+        writes = []
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            for trial_id, name in entry["runs"].items():
+                self.name_run(trial_id, name)
+            writes.append(Write.from_json(entry["write"]))
+        self.put(*writes)
+        left = self.drain(timeout_s)
+        if not left:
+            path.unlink()
+        return left
+
+    def close(self) -> None:
+        """Stop the writer after its current request; what is queued stays in :attr:`pending`."""
+        with self._cond:
+            self._stop()
+
+    def _stop(self) -> None:
+        self._stopped = True
+        self._cond.notify_all()
+
+    def _write_all(self) -> None:
+        """The writer thread: store the head of the queue until stopped."""
+        runs = ChildRuns(self._client or MlflowClient(self.tracking_uri), self.experiment, self.parent_run_id)
+        while (head := self._next()) is not None:
+            write, run_name = head
+            try:
+                runs.apply(write, run_name)
+            except MlflowException as exc:
+                if exc.error_code not in REFUSED_FOR_GOOD:
+                    self._unreachable(exc)
+                    continue
+                log.error("MLflow refused %s; it is not retried: %s", write.describe(), str(exc)[:300])
+                self._done(refused=True)
+            except Exception as exc:  # the store is down or hangs: keep everything, retry later
+                self._unreachable(exc)
+            else:
+                self._done(refused=False)
+
+    def _next(self) -> tuple[Write, str] | None:
+        """The head of the queue and its run's name, once there is one; None once stopped."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._pending or self._stopped)
+            if self._stopped:
+                return None
+            write = self._pending[0]
+            return write, self._names.get(write.trial_id, write.trial_id)
+
+    def _done(self, refused: bool) -> None:
+        with self._cond:
+            if self._stopped:  # spilled meanwhile, this write included: a replay repeats it harmlessly
+                return
+            self._pending.popleft()
+            self.refused += refused
+            self._stored_at = time.monotonic()
+            if not self._pending and self._warned:
+                log.warning("MLflow store reachable again; every buffered write is stored")
+                self._warned = False
+            self._cond.notify_all()
+
+    def _unreachable(self, exc: Exception) -> None:
+        with self._cond:
+            if not self._warned:
+                log.warning(
+                    "MLflow store %s unreachable (%s: %s); buffering %d write(s) and retrying",
+                    self.tracking_uri,
+                    type(exc).__name__,
+                    str(exc)[:200],
+                    len(self._pending),
+                )
+                self._warned = True
+            started = time.monotonic()
+            while not self._stopped:  # new writes do not cut the pause short; a drain does
+                pause_s = DRAIN_POLL_S if self._hurry else self.retry_pause_s
+                left_s = started + pause_s - time.monotonic()
+                if left_s <= 0:
+                    return
+                self._cond.wait(left_s)
