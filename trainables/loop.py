@@ -34,7 +34,8 @@ from trainables import data as datasets
 from trainables import report as names
 from trainables.config import LogSchedule, TrialConfig
 from trainables.early import Curve, early_fisher_trace, fisher_peak
-from trainables.fisher import eval_mode, fisher_trace
+from trainables.evaluation import epoch_metrics, evaluate, finite_model
+from trainables.fisher import fisher_trace
 from trainables.models import build_model
 from trainables.penalties import Penalty, make_penalty
 from trainables.report import EpochReport, Outcome
@@ -217,7 +218,7 @@ def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None =
     progress = _Progress.start(trial) if state is None else _Progress.restore(trial, state)
     for epoch in range(progress.epoch, cfg.train.epochs):
         reason, train_acc = _train_epoch(trial, progress, epoch)
-        metrics = _epoch_metrics(trial.model, trial.splits) if reason is None else {}
+        metrics = epoch_metrics(trial.model, trial.splits) if reason is None else {}
         if reason is None and not all(math.isfinite(v) for v in metrics.values()):
             reason = "nonfinite"  # e.g. logits so large that the evaluation loss overflows
         if reason is None:
@@ -257,7 +258,7 @@ def _train_epoch(trial: _Trial, progress: _Progress, epoch: int) -> tuple[str | 
         epoch_correct += correct
         progress.window.add(loss.item(), pen.item(), correct, len(y))
         if trial.schedule.is_logged(progress.step):
-            if not _finite_model(model, trial.probe_x):
+            if not finite_model(model, trial.probe_x):
                 return "nonfinite", epoch_correct / trial.n_train
             epoch_point = progress.step / trial.steps_per_epoch
             progress.log(
@@ -291,39 +292,6 @@ def _diverged_report(trial: _Trial, progress: _Progress, epoch: int, reason: str
         diverged_reason=reason,
         summary=_summary(progress, {}, trial.cfg),
     )
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of ``model`` (eval mode) on a whole split."""
-    was_training = model.training
-    model.eval()
-    loss, correct = 0.0, 0
-    for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=False):
-        logits = model(xb)
-        loss += F.cross_entropy(logits, yb, reduction="sum").item()
-        correct += int((logits.argmax(1) == yb).sum())
-    model.train(was_training)
-    return {"loss": loss / len(y), "accuracy": correct / len(y)}
-
-
-def _epoch_metrics(model: nn.Module, splits: datasets.Splits) -> dict[str, float]:
-    val = evaluate(model, splits.val_x, splits.val_y)
-    test = evaluate(model, splits.test_x, splits.test_y)
-    return {
-        names.VAL_LOSS: val["loss"],
-        names.VAL_ACCURACY: val["accuracy"],
-        names.TEST_LOSS: test["loss"],
-        names.TEST_ACCURACY: test["accuracy"],
-    }
-
-
-def _finite_model(model: nn.Module, probe: torch.Tensor) -> bool:
-    """Finite parameters and finite logits on the probe (finite weights can still overflow)."""
-    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-        return False
-    with torch.no_grad(), eval_mode(model):
-        return bool(torch.isfinite(model(probe)).all())
 
 
 def _summary(progress: _Progress, last: dict[str, float], cfg: TrialConfig) -> dict[str, float]:
