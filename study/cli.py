@@ -13,11 +13,14 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from study import exit_codes
-from study.options import RAY_JOB_ENV, LaunchOptions
+from study.environment import check_job_paths, ray_address, tracking_uri_override
+from study.logs import NORMAL, QUIET, VERBOSE, configure_logging
+from study.options import LaunchOptions
 from study.spec import NAME_PATTERN, StudySpec, Tracking, load_spec
 from study.store import StudyStore
 from trainables.schema import ConfigError
@@ -27,7 +30,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fishtune", description="Hyperparameter studies of the early-phase Fisher information."
     )
+    parser.add_argument("--version", action="version", version=f"fishtune {_version()}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
+    chatter = parser.add_mutually_exclusive_group()
+    chatter.add_argument(
+        "-q", "--quiet", dest="verbosity", action="store_const", const=QUIET, help="only warnings, errors and results"
+    )
+    chatter.add_argument(
+        "-v", "--verbose", dest="verbosity", action="store_const", const=VERBOSE, help="also debug messages"
+    )
+    parser.set_defaults(verbosity=NORMAL)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="launch (or extend) a study from a spec file")
@@ -60,10 +72,16 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--name", help="study whose store to open (default: --tracking-uri or ./mlflow.db)")
 
     for p in (run, resume, status, analyze, ui):
-        p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides the spec / stored study)")
+        p.add_argument(
+            "--tracking-uri",
+            help="MLflow tracking URI; precedence: this flag > $MLFLOW_TRACKING_URI > the spec / stored study > ./mlflow.db",
+        )
         p.add_argument("--storage", default=".", help="folder holding runs/<study>/ (default: the working directory)")
     for p in (run, resume):
-        p.add_argument("--address", help="join a Ray cluster: auto or host:port (default: start a local Ray)")
+        p.add_argument(
+            "--address",
+            help="join a Ray cluster: auto or host:port; precedence: this flag > $RAY_ADDRESS > start a local Ray",
+        )
         p.add_argument(
             "--mlflow-wait",
             type=float,
@@ -96,31 +114,19 @@ def _tracking_uri(args: argparse.Namespace, name: str | None) -> str:
     return uri
 
 
-def _check_address(address: str | None) -> None:
-    if address is not None and address.startswith("ray://"):
-        raise ConfigError(
-            f"--address {address}: ray:// client addresses are not supported; run fishtune on the head node "
-            "(--address auto) or submit it as a job: ray job submit --address http://HEAD:8265 --working-dir . "
-            "-- fishtune run SPEC.yaml --address auto"
-        )
+def _version() -> str:
+    try:
+        return metadata.version("fishtune")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
-def _check_job_paths(args: argparse.Namespace, spec: StudySpec) -> None:
-    """Inside a Ray job the working directory is a temporary copy of the submitted folder:
-    relative study and MLflow paths would be lost with it."""
-    if RAY_JOB_ENV not in os.environ:
-        return
-    if not Path(args.storage).expanduser().is_absolute():
-        raise ConfigError(
-            f"--storage {args.storage}: inside a Ray job the working directory is temporary; "
-            "pass an absolute folder on the head node, e.g. --storage ~/fishtune"
-        )
-    uri = args.tracking_uri or spec.tracking.uri
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).expanduser().is_absolute():
-        raise ConfigError(
-            f"tracking.uri {uri}: inside a Ray job the working directory is temporary; "
-            "pass --tracking-uri sqlite:////absolute/path/mlflow.db (e.g. in ~/fishtune) or an http:// server"
-        )
+def _resolve_environment(args: argparse.Namespace) -> None:
+    """Fill the flags the user left out from the environment (MLFLOW_TRACKING_URI, RAY_ADDRESS)."""
+    if hasattr(args, "tracking_uri"):
+        args.tracking_uri = tracking_uri_override(args.tracking_uri, os.environ)
+    if hasattr(args, "address"):
+        args.address = ray_address(args.address, os.environ)
 
 
 def _check_local_gpu(spec: StudySpec, address: str | None) -> None:
@@ -143,9 +149,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["name"] = args.new_study
     spec = load_spec(args.spec, overrides)
     args.name = spec.name  # for the interrupt message
-    _check_job_paths(args, spec)
+    check_job_paths(args.storage, args.tracking_uri, spec, os.environ)
     spec = dataclasses.replace(spec, tracking=spec.tracking.resolved(Path.cwd()))
-    _check_address(args.address)
     _check_local_gpu(spec, args.address)
     store = StudyStore(args.storage, spec.name)
     if store.exists() and store.load_spec().identity() != spec.identity():
@@ -161,10 +166,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     store = StudyStore(args.storage, args.name)
     spec = store.load_spec()
-    _check_job_paths(args, spec)
+    check_job_paths(args.storage, args.tracking_uri, spec, os.environ)
     if args.tracking_uri:
         spec = dataclasses.replace(spec, tracking=Tracking(uri=args.tracking_uri).resolved(Path.cwd()))
-    _check_address(args.address)
     _check_local_gpu(spec, args.address)
     from study.launcher import resume_launch
 
@@ -247,7 +251,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # not reached: execv replaces this process
 
 
-def _report(outcome: Any) -> int:
+def _report(outcome: exit_codes.Outcome) -> int:
     print(outcome.message, file=sys.stderr if outcome.code else sys.stdout, flush=True)
     return int(outcome.code)
 
@@ -257,13 +261,20 @@ COMMANDS = {"run": cmd_run, "resume": cmd_resume, "status": cmd_status, "analyze
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    configure_logging(args.verbosity)
     previous = signal.getsignal(signal.SIGTERM)
     if previous in (signal.SIG_DFL, None):  # SIGTERM stops like Ctrl-C: state saved, exit 130
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
         if getattr(args, "name", None) and not NAME_PATTERN.fullmatch(args.name):
             raise ConfigError(f"study name {args.name!r}: use lower-case letters, digits, '.', '_' and '-'")
+        _resolve_environment(args)
         return COMMANDS[args.command](args)
+    except exit_codes.CannotGoOn as exc:
+        if args.debug:
+            raise
+        print(f"fishtune: {exc}", file=sys.stderr)
+        return exit_codes.FAILED
     except ConfigError as exc:
         if args.debug:
             raise

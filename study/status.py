@@ -60,8 +60,7 @@ def format_outcomes(table: pd.DataFrame) -> str:
     return "outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(table["outcome"].value_counts().items()))
 
 
-def print_summary(client: MlflowClient, study: str) -> None:
+def summary_text(client: MlflowClient, study: str) -> str:
+    """The trials table and the outcomes line, as the end of a launch shows them."""
     table = trials_table(client, study)
-    print(f"\n{format_table(table)}")
-    if not table.empty:
-        print(format_outcomes(table))
+    return format_table(table) if table.empty else f"{format_table(table)}\n{format_outcomes(table)}"

@@ -9,7 +9,8 @@ into the cache folder is atomic (a temporary file in the same folder, then ``os.
 concurrent trials never see a partial file and concurrent downloads are harmless.
 
 Public surface: :class:`Archive` (what to fetch and what it must hash to),
-:func:`fetch_arrays`, :func:`ensure_decoded`, :func:`check_cache_dir`, and the errors
+:func:`fetch_arrays`, :func:`ensure_decoded`, :func:`check_cache_dir`, :class:`DownloadProgress`
+(the INFO lines a download logs), and the errors
 :class:`DataUnavailable` and :class:`ChecksumMismatch`.
 """
 
@@ -160,7 +161,8 @@ def _download(archive: Archive, path: Path) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{archive.filename}.", suffix=".part")
     except OSError as exc:
         raise DataUnavailable(f"data.cache_dir: cannot write into {path.parent} ({exc.strerror})") from None
-    logger.info("downloading %s to %s", archive.url, path)
+    logger.info("downloading %s (%.0f MB) to %s", archive.url, archive.size / 1e6, path)
+    progress = DownloadProgress(archive.filename, archive.size)
     try:
         size, md5, sha256 = 0, hashlib.md5(usedforsecurity=False), hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
@@ -172,6 +174,7 @@ def _download(archive: Archive, path: Path) -> None:
                         size += len(chunk)
                         md5.update(chunk)
                         sha256.update(chunk)
+                        progress.update(size)
             except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets
                 reason = getattr(exc, "reason", None) or exc
                 raise DataUnavailable(
@@ -184,6 +187,22 @@ def _download(archive: Archive, path: Path) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+class DownloadProgress:
+    """One INFO line each time a download passes another tenth of its expected size."""
+
+    def __init__(self, name: str, total: int, steps: int = 10) -> None:
+        self.name, self.total, self.steps = name, total, steps
+        self._shown = 0  # tenths shown so far
+
+    def update(self, done: int) -> None:
+        reached = min(self.steps, done * self.steps // max(self.total, 1))
+        if reached > self._shown:
+            self._shown = reached
+            logger.info(
+                "%s: %.1f of %.1f MB (%d %%)", self.name, done / 1e6, self.total / 1e6, 100 * reached // self.steps
+            )
 
 
 def _write(out: IO[bytes], chunk: bytes, path: Path) -> None:

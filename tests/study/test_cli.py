@@ -13,6 +13,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.cli import main
+from study.exit_codes import OK, Outcome
+from study.options import LaunchOptions
 
 BAD_GPU = """
 name: gpu-study
@@ -95,20 +97,6 @@ def _own_address() -> str:
         address = str(s.getsockname()[0])
     assert not address.startswith("127."), address
     return address
-
-
-def test_local_ray_dashboard_binds_to_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ray
-
-    from study.launcher import ray_session
-
-    seen: dict[str, object] = {}
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
-    monkeypatch.setattr(ray, "shutdown", lambda: None)
-    with ray_session(None):
-        pass
-    assert seen["dashboard_host"] == "127.0.0.1" and seen["address"] == "local"
 
 
 def test_ui_serves_the_store_on_localhost(tmp_path: Path) -> None:
@@ -214,3 +202,76 @@ def test_a_data_set_that_cannot_be_downloaded_is_refused_before_anything_starts(
     assert url in err and str(cache / "cifar-10-python.tar.gz") in err
     assert len(err.strip().splitlines()) == 1
     assert not work.exists() and not db.exists()  # no study folder, no MLflow store
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fishtune {metadata.version('fishtune')}"
+
+
+def test_help_states_the_precedence_of_the_environment(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "this flag > $MLFLOW_TRACKING_URI > the spec / stored study > ./mlflow.db" in text
+    assert "this flag > $RAY_ADDRESS > start a local Ray" in text
+
+
+def test_mlflow_tracking_uri_is_used_unless_the_flag_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from_env = tmp_path / "from-env.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{from_env}")
+    assert main(["status", "nope", "--storage", str(tmp_path)]) == 2  # not the stored study's store
+    assert f"no MLflow database at {from_env}" in capsys.readouterr().err
+    from_flag = tmp_path / "from-flag.db"
+    assert main(["status", "nope", "--tracking-uri", f"sqlite:///{from_flag}"]) == 2
+    assert f"no MLflow database at {from_flag}" in capsys.readouterr().err
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(GOOD)
+    env_server, flag_server = f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env_server)
+    assert main(["run", str(spec), "--storage", str(tmp_path / "st")]) == 2  # beats the spec's default store
+    assert f"cannot reach the MLflow server at {env_server}" in capsys.readouterr().err
+    assert main(["run", str(spec), "--storage", str(tmp_path / "st"), "--tracking-uri", flag_server]) == 2
+    assert f"cannot reach the MLflow server at {flag_server}" in capsys.readouterr().err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "databricks")
+    assert main(["run", str(spec), "--storage", str(tmp_path / "st")]) == 2
+    assert "MLFLOW_TRACKING_URI=databricks in the environment" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "environ", "expected"), [([], "auto", "auto"), (["--address", "h:1"], "auto", "h:1")])
+def test_ray_address_joins_that_cluster_without_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: list[str], environ: str, expected: str
+) -> None:
+    from study import launcher
+
+    seen: list[LaunchOptions] = []
+
+    def start_launch(spec: object, store: object, options: LaunchOptions) -> Outcome:
+        seen.append(options)
+        return Outcome(OK, "started")
+
+    monkeypatch.setattr(launcher, "start_launch", start_launch)
+    monkeypatch.setenv("RAY_ADDRESS", environ)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(GOOD)
+    assert main(["run", str(spec), "--storage", str(tmp_path / "st"), *flag]) == 0
+    assert [o.address for o in seen] == [expected]
+
+
+def test_a_ray_client_address_in_the_environment_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(GOOD)
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    assert main(["run", str(spec), "--storage", str(tmp_path)]) == 2
+    assert "fishtune: RAY_ADDRESS ray://head:10001: ray:// client" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import functools
 import hashlib
 import http.server
 import io
+import logging
 import os
 import pickle
 import shutil
@@ -145,6 +146,36 @@ def test_download_lands_atomically_and_concurrent_downloads_agree(
     assert sorted(p.name for p in cache.iterdir()) == [decoded, "cifar-10-python.tar.gz"]  # no temporary files
     assert (cache / "cifar-10-python.tar.gz").read_bytes() == tiny10.path.read_bytes()
     assert torch.equal(cifar_splits("cifar10", cache).test_y, torch.as_tensor(tiny10.test_y))
+
+
+def test_a_download_logs_where_it_goes_and_its_progress(
+    tiny10: TinyArchive,
+    tmp_path: Path,
+    served: tuple[Path, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    folder, base = served
+    shutil.copy(tiny10.path, folder)
+    tiny10.install(monkeypatch, "cifar10", base + "cifar-10-python.tar.gz")
+    with caplog.at_level(logging.INFO, logger="trainables.archives"):
+        ensure_available("cifar10", str(tmp_path / "cache"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "trainables.archives"]
+    assert lines[0].startswith(f"downloading {base}cifar-10-python.tar.gz") and str(tmp_path / "cache") in lines[0]
+    assert lines[-1].startswith("cifar-10-python.tar.gz: ") and lines[-1].endswith("(100 %)")
+
+
+def test_download_progress_is_one_line_per_tenth(caplog: pytest.LogCaptureFixture) -> None:
+    progress = archives.DownloadProgress("cifar-100-python.tar.gz", 169_001_437)
+    with caplog.at_level(logging.INFO, logger="trainables.archives"):
+        for done in range(0, 169_001_437, 1 << 20):  # 1 MiB reads
+            progress.update(done)
+        progress.update(169_001_437)
+        progress.update(169_001_437 + 10)  # more than announced: still one 100 % line
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.rsplit("(", 1)[1] for line in lines] == [f"{p} %)" for p in range(10, 101, 10)]
+    assert lines[0].startswith("cifar-100-python.tar.gz: 17.") and lines[0].endswith(" of 169.0 MB (10 %)")
+    assert lines[-1] == "cifar-100-python.tar.gz: 169.0 of 169.0 MB (100 %)"
 
 
 def test_a_download_that_does_not_match_is_discarded(
