@@ -1,8 +1,9 @@
-"""An MLflow tracking server that goes away in the middle of a study (design.md §4, issue 8).
+"""An MLflow tracking server that goes away in the middle of a study (design.md §4, issues 8, 17).
 
-A real ``mlflow server`` sits behind a TCP forwarder that the test can cut: while it is cut,
-connections are refused, as for a server that is down or a network partition. Nothing the
-study logs may be lost, reordered or written twice, and the user is told.
+A real ``mlflow server`` sits behind a TCP forwarder that the test can cut (connections refused,
+as for a server that is down or a network partition) or turn into a black hole (connections
+accepted and never answered, as for a hung server). No trial may wait for the store, and
+nothing the study logs may be lost, reordered or written twice; the user is told.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -29,14 +31,14 @@ pytestmark = pytest.mark.ray
 
 
 class Forwarder:
-    """127.0.0.1:<port> → the server; ``cut()`` closes every connection and refuses new ones."""
+    """127.0.0.1:<port> → the server; ``cut()`` closes every connection and refuses new ones,
+    ``black_hole()`` closes them and holds new ones open without an answer."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        self.up = threading.Event()
-        self.up.set()
+        self.mode: Literal["up", "cut", "hole"] = "up"
         self.open: list[socket.socket] = []
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -47,8 +49,12 @@ class Forwarder:
                 client, _ = self.listener.accept()
             except OSError:
                 return  # closed
-            if not self.up.is_set():
+            if self.mode == "cut":
                 client.close()
+                continue
+            if self.mode == "hole":
+                with self.lock:
+                    self.open.append(client)
                 continue
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             with self.lock:
@@ -68,7 +74,14 @@ class Forwarder:
                 s.close()
 
     def cut(self) -> None:
-        self.up.clear()
+        self.mode = "cut"
+        self._close_open()
+
+    def black_hole(self) -> None:
+        self.mode = "hole"
+        self._close_open()
+
+    def _close_open(self) -> None:
         with self.lock:
             for s in self.open:
                 try:
@@ -78,7 +91,8 @@ class Forwarder:
             self.open.clear()
 
     def restore(self) -> None:
-        self.up.set()
+        self.mode = "up"
+        self._close_open()  # held (black-holed) connections fail now instead of at their timeout
 
     def close(self) -> None:
         self.cut()
@@ -172,6 +186,11 @@ def output(tmp_path: Path, name: str) -> str:
     return (tmp_path / f"{name}.out").read_text()
 
 
+def finished_trials(tmp_path: Path, name: str) -> int:
+    """Trials the study printed as finished (its ``[k/3]`` lines)."""
+    return sum(f"[{k}/3]" in output(tmp_path, name) for k in range(1, 4))
+
+
 def first_epoch_logged(server: str, study: str) -> bool:
     runs = children(server, study) if MlflowClient(server).get_experiment_by_name(study) else []
     return any("val_accuracy" in r.data.metrics for r in runs)
@@ -199,8 +218,9 @@ def test_store_down_mid_study_is_buffered_and_written_when_it_returns(
     try:
         wait_for(lambda: first_epoch_logged(mlflow_server, "outage"), 240, "the first epoch in MLflow")
         forwarder.cut()
+        done = finished_trials(tmp_path, "outage")
         wait_for(lambda: "unreachable" in output(tmp_path, "outage"), 120, "the driver to notice the outage")
-        time.sleep(8)  # more epochs (and maybe a new trial) happen while the store is away
+        wait_for(lambda: finished_trials(tmp_path, "outage") > done, 180, "a trial to finish while the store is away")
         forwarder.restore()
         assert proc.wait(timeout=300) == 0, output(tmp_path, "outage")
     finally:
@@ -208,6 +228,24 @@ def test_store_down_mid_study_is_buffered_and_written_when_it_returns(
     text = output(tmp_path, "outage")
     assert "buffering" in text and "reachable again" in text
     assert_every_trial_complete(mlflow_server, "outage")
+
+
+def test_store_that_hangs_mid_study_stalls_no_trial_and_gets_every_write_when_it_answers(
+    mlflow_server: str, forwarder: Forwarder, tmp_path: Path
+) -> None:
+    """With the driver's own HTTP limits (30 s × 2 per request), a store that never answers
+    must not slow the trials: they all finish while it hangs (issue 17)."""
+    uri = f"http://127.0.0.1:{forwarder.port}"
+    proc = start_study(tmp_path, "hang", uri, tmp_path / "storage")
+    try:
+        wait_for(lambda: first_epoch_logged(mlflow_server, "hang"), 240, "the first epoch in MLflow")
+        forwarder.black_hole()
+        wait_for(lambda: finished_trials(tmp_path, "hang") == 3, 240, "every trial to finish while the store hangs")
+        forwarder.restore()
+        assert proc.wait(timeout=300) == 0, output(tmp_path, "hang")
+    finally:
+        proc.kill()
+    assert_every_trial_complete(mlflow_server, "hang")
 
 
 def test_store_still_down_at_the_end_keeps_the_data_for_resume(
