@@ -15,6 +15,7 @@ from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from study.spec import StudySpec
+from trainables.schema import flatten
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit for params
 ROLE, TRIAL_ID, OUTCOME = "fishtune.role", "fishtune.trial_id", "fishtune.outcome"
@@ -40,8 +41,7 @@ def parent_run(client: MlflowClient, spec: StudySpec, versions: dict[str, str]) 
         exp, run_name=spec.name, tags={ROLE: "study", "fishtune.searched": ",".join(spec.search.space)}
     )
     run_id = run.info.run_id
-    flat = _flatten_yaml(spec.to_yaml_dict())
-    params = [Param(k, str(v)) for k, v in flat.items()]
+    params = [Param(k, str(v)) for k, v in spec_params(spec).items()]
     for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
         client.log_batch(run_id, params=params[start : start + MAX_PARAMS_PER_BATCH])
     client.log_batch(run_id, tags=[RunTag(f"fishtune.version.{k}", v) for k, v in versions.items()])
@@ -49,14 +49,8 @@ def parent_run(client: MlflowClient, spec: StudySpec, versions: dict[str, str]) 
     return run_id
 
 
-def _flatten_yaml(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if name == "search.space":
-            out.update({f"{name}.{field}": json.dumps(domain) for field, domain in value.items()})
-        elif isinstance(value, dict):
-            out.update(_flatten_yaml(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
+def spec_params(spec: StudySpec) -> dict[str, Any]:
+    """The resolved spec as dotted params; each searched domain is one JSON value."""
+    nested = spec.to_yaml_dict()
+    nested["search"]["space"] = {k: json.dumps(d.to_yaml()) for k, d in spec.search.space.items()}
+    return flatten(nested)

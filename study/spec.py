@@ -7,7 +7,6 @@ adds search, resources and tracking around them.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -18,12 +17,13 @@ from typing import Any, Literal
 import yaml
 
 from trainables.config import TrialConfig
-from trainables.schema import ConfigError, parse, require
+from trainables.schema import ConfigError, check, merge, parse, require, unflatten
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "databricks")
 MIN_CPU = 1e-4  # Ray's resource granularity: smaller fractions are refused
 SEED_FIELD = "train.seed"
+MAX_SPEC_BYTES = 2**20  # a spec is a page of YAML; anything larger is the wrong file
 _TRIAL_SECTIONS = ("data", "model", "train", "fisher", "penalty")
 
 
@@ -73,6 +73,16 @@ class AshaConfig:
         path = "search.scheduler.asha"
         require(self.grace_period >= 1, f"{path}.grace_period", "an integer ≥ 1", self.grace_period)
         require(self.reduction_factor >= 2, f"{path}.reduction_factor", "an integer ≥ 2", self.reduction_factor)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Schedulers:
+    """The YAML form of a scheduler, ``{asha: {...}}`` (one scheduler so far)."""
+
+    asha: AshaConfig
+
+
+SchedulerChoice = Literal["none"] | Schedulers | None  # search.scheduler as written in a spec
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -150,14 +160,7 @@ class StudySpec:
 
     def to_yaml_dict(self) -> dict[str, Any]:
         """The resolved spec, every default written out; parses back to an equal spec."""
-        nested: dict[str, Any] = {"name": self.name}
-        for dotted, value in self.trial.flat().items():
-            section, _, rest = dotted.partition(".")
-            node = nested.setdefault(section, {})
-            *parents, leaf = rest.split(".")
-            for key in parents:
-                node = node.setdefault(key, {})
-            node[leaf] = value
+        nested: dict[str, Any] = {"name": self.name, **unflatten(self.trial.flat())}
         s = self.search
         nested["search"] = {
             "space": {k: d.to_yaml() for k, d in s.space.items()},
@@ -191,11 +194,7 @@ def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> S
     ``overrides`` (dotted name → value, e.g. from CLI flags) replace values of the file before
     validation, so they are checked like the rest.
     """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the study spec ({exc.strerror})") from None
+    text = _read_spec(Path(path))
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -203,15 +202,27 @@ def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> S
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
-    for dotted, value in (overrides or {}).items():
-        if not isinstance(data, dict):
-            break
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {}) if isinstance(node.get(key, {}), dict) else {}
-        node[leaf] = value
+    if isinstance(data, Mapping):
+        data = merge(data, overrides or {})
     return parse_spec(data, source=str(path))
+
+
+def _read_spec(path: Path) -> str:
+    """The spec's text; a file that is not a small UTF-8 text file is a :class:`ConfigError`."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the study spec ({exc.strerror})") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_SPEC_BYTES // 2**20} MiB, too large for a study spec")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start} cannot be decoded)") from None
+    if "\0" in text:
+        raise ConfigError(f"{path}: a binary file (it holds NUL bytes), not a YAML study spec")
+    return text
 
 
 def parse_spec(data: Any, source: str = "spec") -> StudySpec:
@@ -266,21 +277,11 @@ def _parse_search(data: Any, trial: TrialConfig) -> SearchSpec:
             except ConfigError as exc:
                 raise ConfigError(f"{path}: {exc}") from None
         space[str(dotted)] = domain
-    scheduler = _parse_scheduler(data.get("scheduler", "none"))
-    search = parse(SearchSpec, {**data, "space": space, "scheduler": None}, "search")
-    search = dataclasses.replace(search, scheduler=scheduler)
+    scheduler = check(SchedulerChoice, data.get("scheduler"), "search.scheduler")
+    asha = scheduler.asha if isinstance(scheduler, Schedulers) else None
+    search = parse(SearchSpec, {**data, "space": space, "scheduler": asha}, "search")
     _check_search(search)
     return search
-
-
-def _parse_scheduler(data: Any) -> AshaConfig | None:
-    if data in (None, "none"):
-        return None
-    if isinstance(data, Mapping) and set(data) == {"asha"}:
-        return parse(AshaConfig, data["asha"], "search.scheduler.asha")
-    raise ConfigError(
-        f"search.scheduler: must be none or {{asha: {{grace_period: 5, reduction_factor: 3}}}}, got {data!r}"
-    )
 
 
 def _check_search(s: SearchSpec) -> None:

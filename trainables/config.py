@@ -2,12 +2,13 @@
 
 Single home of every trial field and its default (design.md §3). The study spec composes this
 with search, resources and tracking; Ray's ``param_space`` carries its flattened, dotted form
-and :meth:`TrialConfig.from_tune` rebuilds it inside the trial.
+and :meth:`TrialConfig.from_tune` rebuilds it, without building the model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -259,22 +260,30 @@ class TrialConfig:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> TrialConfig:
-        """Parse the trial sections of a spec; resolve ε and check model × data."""
+        """Parse the trial sections of a spec, then check model × data × penalty (:func:`check_fits`)."""
+        cfg = cls.parse(data)
+        check_fits(cfg.model, cfg.data.name, cfg.penalty.kind)
+        return cfg
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> TrialConfig:
+        """Parse the trial sections and resolve ε, without building the model: for configs whose
+        model was checked when their spec was loaded."""
         parts: dict[str, Any] = {name: parse(tp, data.get(name), name) for name, tp in _SECTIONS.items()}
         cfg = cls(model=ModelConfig.parse(data.get("model")), **parts)
         if cfg.fisher.epsilon is None:
             eps = dataset_info(cfg.data.name).default_epsilon
             cfg = dataclasses.replace(cfg, fisher=dataclasses.replace(cfg.fisher, epsilon=eps))
-        cfg.check_model_fits_data()
         return cfg
 
     @classmethod
     def from_tune(cls, config: Mapping[str, Any]) -> TrialConfig:
-        """Rebuild from Ray's flat config; a Repeater replica index picks its seed."""
+        """Rebuild from Ray's flat config (no model build: the spec load checked every searched
+        value); a Repeater replica index picks its seed."""
         flat = {k: v for k, v in config.items() if k not in (TRIAL_INDEX_KEY, SEEDS_KEY)}
         if SEEDS_KEY in config:
             flat["train.seed"] = list(config[SEEDS_KEY])[int(config.get(TRIAL_INDEX_KEY, 0))]
-        return cls.from_mapping(unflatten(flat))
+        return cls.parse(unflatten(flat))
 
     def flat(self) -> dict[str, Any]:
         """Dotted names → values, e.g. ``{"train.lr": 0.01, "model.padding": "same"}``."""
@@ -282,23 +291,31 @@ class TrialConfig:
         return {k.replace(prefix, "model.", 1) if k.startswith(prefix) else k: v for k, v in flatten(self).items()}
 
     def with_value(self, dotted: str, value: Any) -> TrialConfig:
-        """A copy with one dotted field replaced, validated like the rest of the file."""
+        """A copy with one dotted field replaced, validated like the rest of the file (the model
+        is built only if the new value gives another model × data × penalty)."""
         flat = self.flat()
         if dotted not in flat:
             raise ConfigError(f"search.space: {dotted!r} is not a trial field; known fields: {sorted(flat)}")
         flat[dotted] = value
         return TrialConfig.from_mapping(unflatten(flat))
 
-    def check_model_fits_data(self) -> None:
-        """Build the model (and the penalty's own parameters) on a dummy batch of the data's shape."""
-        info = dataset_info(self.data.name)
-        model = build_model(self.model.name, self.model.options, info.input_shape, info.num_classes)
-        make_penalty(self.penalty.kind, self.penalty.coef).prepare(model, torch.zeros(16, *info.input_shape))
-
     @property
     def epsilon(self) -> float:
-        assert self.fisher.epsilon is not None  # resolved in from_mapping
+        assert self.fisher.epsilon is not None  # resolved in parse
         return self.fisher.epsilon
+
+
+@functools.cache
+def check_fits(model: ModelConfig, data_name: str, penalty_kind: str) -> None:
+    """Build the model (and the penalty's own parameters) on a dummy batch of the data's shape.
+
+    Cached: a spec load checks its base config and every searched value, and only a model
+    option, the data set or the penalty kind can change the outcome, so each distinct
+    combination is built once per process (a failure, a :class:`ConfigError`, is not cached).
+    """
+    info = dataset_info(data_name)
+    built = build_model(model.name, model.options, info.input_shape, info.num_classes)
+    make_penalty(penalty_kind, 0.0).prepare(built, torch.zeros(16, *info.input_shape))
 
 
 _SECTIONS: dict[str, type] = {

@@ -56,18 +56,25 @@ def check(tp: Any, value: Any, path: str) -> Any:
         options = get_args(tp)
         if value is None and type(None) in options:
             return None
-        errors = []
+        errors: dict[Any, str] = {}
         for option in (o for o in options if o is not type(None)):
             try:
                 return check(option, value, path)
             except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: invalid value {value!r}")
+                errors[option] = str(exc)
+        if len(errors) == 1:
+            raise ConfigError(next(iter(errors.values())))
+        nested = [msg for option, msg in errors.items() if isinstance(value, Mapping) and _takes_mapping(option)]
+        if len(nested) == 1:  # a mapping meant for the one dataclass option: its own error names the key
+            raise ConfigError(nested[0])
+        raise ConfigError(f"{path}: must be {' or '.join(map(_describe, errors))}, got {value!r}")
     if origin is dict:  # already-parsed values (e.g. search domains); only the shape is checked
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
         return dict(value)
     if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and isinstance(value, tp):  # already parsed
+            return value
         return parse(tp, value, path)  # type: ignore[arg-type]
     if tp is bool:
         if not isinstance(value, bool):
@@ -91,15 +98,16 @@ def check(tp: Any, value: Any, path: str) -> Any:
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted-name view of a (nested) dataclass: ``{"train.lr": 0.01, ...}``."""
+    """Dotted-name view of nested dataclasses and mappings: ``{"train.lr": 0.01, ...}``."""
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        name = _join(prefix, f.name)
-        if dataclasses.is_dataclass(value):
+    if isinstance(obj, Mapping):
+        items = [(str(k), v) for k, v in obj.items()]
+    else:
+        items = [(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)]
+    for key, value in items:
+        name = _join(prefix, key)
+        if isinstance(value, Mapping) or (dataclasses.is_dataclass(value) and not isinstance(value, type)):
             out.update(flatten(value, name))
-        elif isinstance(value, Mapping):
-            out.update({_join(name, k): v for k, v in value.items()})
         else:
             out[name] = value
     return out
@@ -107,14 +115,28 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     """Inverse of :func:`flatten` on plain dicts: ``{"a.b": 1}`` → ``{"a": {"b": 1}}``."""
-    nested: dict[str, Any] = {}
+    return merge({}, flat)
+
+
+def merge(nested: Mapping[str, Any], flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``nested`` (copied) with each dotted name of ``flat`` set in it, parents created as needed.
+
+    A parent that is null counts as empty. Where ``nested`` holds another non-mapping at a parent
+    of a name, that value is kept and the name dropped: the value is the mistake parsing reports.
+    """
+    out = _copy(nested)
     for dotted, value in flat.items():
-        node = nested
         *parents, leaf = dotted.split(".")
+        node: Any = out
         for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return nested
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]
+            if not isinstance(node, dict):
+                break
+        else:
+            node[leaf] = value
+    return out
 
 
 def require(condition: bool, path: str, allowed: str, value: Any) -> None:
@@ -133,3 +155,20 @@ def _required(f: dataclasses.Field[Any]) -> bool:
 
 def _field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+
+
+def _copy(nested: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _copy(v) if isinstance(v, Mapping) else v for k, v in nested.items()}
+
+
+def _takes_mapping(tp: Any) -> bool:
+    return dataclasses.is_dataclass(tp) or get_origin(tp) is dict
+
+
+def _describe(tp: Any) -> str:
+    """What a value of annotation ``tp`` looks like, for an error message."""
+    if get_origin(tp) is Literal:
+        return " or ".join(repr(a) for a in get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping of {_field_names(tp)}"  # type: ignore[arg-type]
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, "a mapping")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from study.spec import load_spec, parse_spec
+from study.spec import MAX_SPEC_BYTES, load_spec, parse_spec
 from trainables.schema import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +92,13 @@ BAD: list[tuple[str, str, str]] = [
         GOOD + "    train.seed: {grid: [0, 1]}\n  num_samples: 4\n  scheduler: {asha: {grace_period: 1}}\n",
         "search.scheduler",
     ),
-    ("scheduler unknown", GOOD + "  scheduler: hyperband\n", "search.scheduler"),
+    (
+        "scheduler unknown",
+        GOOD + "  scheduler: hyperband\n",
+        "search.scheduler: must be 'none' or a mapping of ['asha']",
+    ),
+    ("scheduler empty", GOOD + "  scheduler: {}\n", "search.scheduler.asha: required"),
+    ("scheduler two", GOOD + "  scheduler: {asha: {}, pbt: {}}\n", "search.scheduler.pbt: unknown key"),
     ("asha bad key", GOOD + "  scheduler: {asha: {grace: 1}}\n", "search.scheduler.asha.grace: unknown key"),
     ("cpu zero", GOOD + "resources: {cpu: 0}\n", "resources.cpu"),
     ("cpu below ray's fraction", GOOD + "resources: {cpu: 0.00001}\n", "resources.cpu"),
@@ -163,3 +169,39 @@ def test_sqlite_uri_made_absolute_and_missing_folder_refused(tmp_path: Path) -> 
     bad = parse_spec(yaml.safe_load(GOOD + "tracking: {uri: 'sqlite:///no/such/dir/m.db'}\n"))
     with pytest.raises(ConfigError, match="does not exist"):
         bad.tracking.resolved(tmp_path)
+
+
+# (name, file content): files that are not a YAML text file at all
+NOT_TEXT: list[tuple[str, bytes]] = [
+    ("binary", bytes(range(256)) * 4),
+    ("latin-1", "name: café\n".encode("latin-1")),
+    ("utf-16", GOOD.encode("utf-16")),
+    ("nul bytes", b"name: x\0\0\0\n"),
+    ("huge", GOOD.encode() + b"# padding\n" * (MAX_SPEC_BYTES // 10)),
+]
+
+
+@pytest.mark.parametrize(("case", "content"), NOT_TEXT, ids=[c[0] for c in NOT_TEXT])
+def test_a_file_that_is_not_a_yaml_text_is_refused_in_one_line(tmp_path: Path, case: str, content: bytes) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message, message
+    if case == "huge":
+        assert "1 MiB" in message
+
+
+def test_a_spec_just_under_the_size_limit_loads(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    text = GOOD + "#" * (MAX_SPEC_BYTES - len(GOOD.encode()) - 1) + "\n"
+    path.write_text(text)
+    assert len(path.read_bytes()) == MAX_SPEC_BYTES
+    assert load_spec(path).name == "ok"
+
+
+def test_an_override_applies_under_a_null_section(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(GOOD + "tracking:\n")
+    assert load_spec(path, {"tracking.uri": "sqlite:///other.db"}).tracking.uri == "sqlite:///other.db"
