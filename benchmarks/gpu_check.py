@@ -33,7 +33,7 @@ from fisher_overhead import MODELS, loop_norms
 from fisher_schedule import curve, peak_read, trial_config
 from torch import nn
 
-from trainables import fisher, loop
+from trainables import loop, per_example
 from trainables.fisher import fisher_trace, per_example_sq_grad_norms, sample_labels
 
 SMALL_BACKWARD = 1 << 14  # activation elements per batched backward: forces the class dimension into chunks
@@ -63,7 +63,7 @@ def exactness(device: torch.device, n: int) -> dict[str, float]:
         expected = exact_loop(reference, x)
         got = fisher_trace(model, x.float().to(device), labels="exact").mean
         errors[f"{name}: exact"] = abs(got - expected) / expected
-        with mock.patch.object(fisher, "BACKWARD_ELEMENTS", SMALL_BACKWARD):  # classes split into chunks
+        with mock.patch.object(per_example, "BACKWARD_ELEMENTS", SMALL_BACKWARD):  # classes split into chunks
             got = fisher_trace(model, x.float().to(device), labels="exact", chunk_size=3).mean
         errors[f"{name}: exact, chunked"] = abs(got - expected) / expected
         labels = sample_labels(model, x.float().to(device), torch.Generator().manual_seed(1))

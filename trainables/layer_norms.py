@@ -88,14 +88,7 @@ def _outer_sq_norm(d: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 def conv(module: nn.Conv1d | nn.Conv2d, a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """(N,) or (K, N) squared norms for a Conv1d/Conv2d of any stride, padding, dilation, groups."""
     d, single = _with_classes(a, delta)
-    if isinstance(module, nn.Conv1d):  # as a 2-D convolution of height 1
-        a, d = a.unsqueeze(2), d.unsqueeze(3)
-        kernel, stride, dilation = (1, *module.kernel_size), (1, *module.stride), (1, *module.dilation)
-        pad = (*module._reversed_padding_repeated_twice, 0, 0)
-        padding: tuple[int, ...] | str = module.padding if isinstance(module.padding, str) else (0, *module.padding)
-    else:
-        kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
-        pad, padding = tuple(module._reversed_padding_repeated_twice), module.padding
+    a, d, (kernel, stride, dilation, pad, padding) = as_conv2d(module, a, d)
     k, n = d.shape[:2]
     out = torch.zeros(k, n, dtype=d.dtype, device=d.device)
     if module.weight.requires_grad:
@@ -113,6 +106,23 @@ def conv(module: nn.Conv1d | nn.Conv2d, a: torch.Tensor, delta: torch.Tensor) ->
     if module.bias is not None and module.bias.requires_grad:
         out = out + _sq(d.sum((3, 4)), 2)
     return _result(out, single)
+
+
+ConvGeometry = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...] | str]
+
+
+def as_conv2d(
+    module: nn.Conv1d | nn.Conv2d, a: torch.Tensor, d: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, ConvGeometry]:
+    """A Conv1d as a 2-D convolution of height 1: ``a`` (N, c, H, W), δ (K, N, c_out, h, w), and
+    its kernel, stride, dilation, explicit padding (F.pad order) and ``module.padding``."""
+    if isinstance(module, nn.Conv1d):
+        kernel, stride, dilation = (1, *module.kernel_size), (1, *module.stride), (1, *module.dilation)
+        pad = (*module._reversed_padding_repeated_twice, 0, 0)
+        padding: tuple[int, ...] | str = module.padding if isinstance(module.padding, str) else (0, *module.padding)
+        return a.unsqueeze(2), d.unsqueeze(3), (kernel, stride, dilation, pad, padding)
+    pad = tuple(module._reversed_padding_repeated_twice)
+    return a, d, (module.kernel_size, module.stride, module.dilation, pad, module.padding)
 
 
 def _grouped_sq_norm(

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables import per_example
 from trainables.fisher import (
     UndefinedPerExampleGradient,
     fisher_trace,
@@ -219,26 +220,37 @@ def test_sampled_labels_come_from_the_generator_alone() -> None:
     assert torch.equal(a, b)
 
 
-def test_standard_layers_use_closed_forms_and_others_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    from trainables import fisher
+class _Routes:
+    """A visitor of the passes that records which layers come by closed form and which by the fallback."""
 
+    def __init__(self) -> None:
+        self.by_closed_form: set[str] = set()
+        self.by_fallback: set[str] = set()
+
+    def closed(self, path, module, a, delta, weights, sets, examples):  # type: ignore[no-untyped-def]
+        self.by_closed_form.add(path)
+
+    def fallback(self, path, grads, weights, label_set, examples):  # type: ignore[no-untyped-def]
+        self.by_fallback.add(path)
+
+    def unreached(self, path, examples):  # type: ignore[no-untyped-def]
+        self.by_closed_form.add(path)
+
+
+def routes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> _Routes:
+    seen = _Routes()
+    per_example.run_passes(model, x, per_example.Targets("given", y), 256, seen)
+    return seen
+
+
+def test_standard_layers_use_closed_forms_and_others_the_fallback() -> None:
     model, x, y = build("sequence_ghost", 4)
-    seen: dict[str, list[str]] = {"closed": [], "fallback": []}
-    real_vmap = fisher._vmap_norms
-
-    def spy(model, x, y, modules):  # type: ignore[no-untyped-def]
-        seen["fallback"] += list(modules)
-        return real_vmap(model, x, y, modules)
-
-    monkeypatch.setattr(fisher, "_vmap_norms", spy)
-    per_layer = fisher.per_layer_sq_grad_norms(model, x, y)
-    assert sorted(per_layer) == ["embed", "head", "norm", "twice"]
-    assert sorted(seen["fallback"]) == ["norm", "twice"]  # LayerNorm, and a Linear called twice
+    seen = routes(model, x, y)
+    assert sorted(seen.by_closed_form | seen.by_fallback) == ["embed", "head", "norm", "twice"]
+    assert sorted(seen.by_fallback) == ["norm", "twice"]  # LayerNorm, and a Linear called twice
 
     model, x, y = build("conv2d_bn_residual_inplace", 4)
-    seen["fallback"] = []
-    fisher.per_layer_sq_grad_norms(model, x, y)
-    assert seen["fallback"] == []
+    assert routes(model, x, y).by_fallback == set()
 
 
 REGISTRY_CASES = [
@@ -285,15 +297,15 @@ def test_registry_models_exact_over_classes_match_the_loop(name: str, options: d
 
 
 def test_layers_followed_by_in_place_ops_are_detected_and_copied() -> None:
-    from trainables import fisher
-
     model, x, y = build("conv2d_bn_residual_inplace", 3)
     per_example_sq_grad_norms(model, x, y)
-    copied = {name for name, m in model.named_modules() if m in fisher._COPY_TENSORS}
-    assert copied == {"1", "5.bn"}  # BN before ReLU(inplace=True); BN whose output gets `+= x`
+    assert per_example.copying_layers(model) == {
+        "1",
+        "5.bn",
+    }  # BN before ReLU(inplace=True); BN whose output gets `+= x`
     plain, px, py = build("frozen", 3)
     per_example_sq_grad_norms(plain, px, py)
-    assert not any(m in fisher._COPY_TENSORS for m in plain.modules())
+    assert per_example.copying_layers(plain) == set()
 
 
 def exact_reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -316,11 +328,9 @@ def test_exact_over_classes_matches_a_loop_over_classes_and_examples(name: str) 
 
 def test_exact_over_classes_in_class_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """A backward budget smaller than one class set: classes go through in chunks, same value."""
-    from trainables import fisher
-
     model, x, _ = build("conv2d_bn_residual_inplace", 4)
     whole = fisher_trace(model, x, labels="exact").mean
-    monkeypatch.setattr(fisher, "BACKWARD_ELEMENTS", 1)
+    monkeypatch.setattr(per_example, "BACKWARD_ELEMENTS", 1)
     assert fisher_trace(model, x, labels="exact", chunk_size=3).mean == pytest.approx(whole, rel=1e-12)
 
 

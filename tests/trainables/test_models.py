@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables import fisher
+from trainables import fisher, per_example
 from trainables.config import ModelConfig
 from trainables.models import MODELS, SkipInit, WideBlock, WRNOptions, build_model, model_entry
 from trainables.schema import ConfigError, parse
 
-from .test_fisher import reference_norms
+from .test_fisher import reference_norms, routes
 
 TINY = [  # (name, options, input shape): seconds on CPU
     ("simple_cnn", {"padding": "same", "width": 4, "hidden": 8}, (1, 8, 8)),
@@ -67,11 +67,11 @@ def test_trains_a_few_sgd_steps(name: str, options: dict, shape: tuple[int, ...]
 
 @pytest.mark.parametrize(("name", "options", "shape"), TINY, ids=TINY_IDS)
 def test_no_in_place_operations_after_hooked_layers(name: str, options: dict, shape: tuple[int, ...]) -> None:
-    """Layers whose outputs an in-place op changes are copied by fisher.py; here none should be."""
+    """Layers whose outputs an in-place op changes are copied by the Tr(F) passes; here none should be."""
     torch.manual_seed(0)
     model = build(name, options, shape)
     fisher.per_example_sq_grad_norms(model, torch.randn(3, *shape), torch.randint(10, (3,)))
-    assert not any(m in fisher._COPY_TENSORS for m in model.modules())
+    assert per_example.copying_layers(model) == set()
 
 
 PAPER_SIZES = [  # (name, options, classes, published parameter count, relative tolerance)
@@ -162,12 +162,8 @@ def test_skipinit_norms_are_exact_by_closed_form_and_by_the_fallback(monkeypatch
     x, y = torch.randn(5, 3, 8, 8, dtype=torch.float64), torch.randint(10, (5,))
     expected = reference_norms(model, x, y)
 
-    def no_fallback(*args: object) -> None:
-        raise AssertionError("SkipInit went to the torch.func fallback")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(fisher, "_vmap_norms", no_fallback)
-        per_layer = fisher.per_layer_sq_grad_norms(model, x, y)
+    assert routes(model, x, y).by_fallback == set()  # SkipInit by its own closed form
+    per_layer = fisher.per_layer_sq_grad_norms(model, x, y)
     assert per_layer["stage1.0.skipinit"].abs().min() > 0
     torch.testing.assert_close(sum(per_layer.values()), expected, rtol=1e-6, atol=0)
     monkeypatch.delattr(SkipInit, "per_example_sq_grad_norms")  # a 0-dim parameter in the fallback

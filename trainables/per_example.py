@@ -1,0 +1,289 @@
+"""The passes behind every Fisher estimator: per-layer inputs and output gradients per label set.
+
+One forward with hooks keeps the input and the output of each layer that has a closed form
+(:mod:`trainables.layer_norms`: Linear, Conv, BatchNorm with running statistics, or a module's
+own); one backward to those outputs only is batched over the K label sets of every example
+(``is_grads_batched``: the K·N output gradients travel through one vmapped backward, in chunks
+that bound memory). Every other module with parameters, tied parameters and layers called twice
+go to an exact generic fallback (``torch.func`` vmap of grad, once per label set) for their own
+parameters. What is made of these — squared norms (Tr(F)), or the rows of a Gram matrix (the
+spectrum) — is the :class:`Visitor`'s business. The model is evaluated in eval mode and restored
+to its previous mode; inputs are processed in chunks of ``chunk_size`` examples.
+
+Sampled labels are drawn by inverse CDF from uniforms that the generator yields up front, one
+per example and label set, so the labels do not depend on chunking and no forward pass beyond
+the measured one is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from trainables.layer_norms import closed_form
+
+BACKWARD_ELEMENTS = 1 << 25  # activation elements one batched backward may hold (≈128 MB in fp32)
+_COPY_TENSORS: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # layers followed by in-place ops
+
+
+class UndefinedPerExampleGradient(ValueError):
+    """The model couples the examples of a batch (e.g. BatchNorm without running statistics)."""
+
+
+class Visitor(Protocol):
+    """Receives, chunk by chunk, what the passes compute; ``examples`` indexes the whole input."""
+
+    def closed(
+        self,
+        path: str,
+        module: nn.Module,
+        a: torch.Tensor,
+        delta: torch.Tensor,
+        weights: torch.Tensor,
+        sets: slice,
+        examples: slice,
+    ) -> None:
+        """A closed-form layer: its input ``a`` (M, …), δ for label sets ``sets`` (k', M, …), their weights (k', M)."""
+
+    def fallback(self, path: str, grads: torch.Tensor, weights: torch.Tensor, label_set: int, examples: slice) -> None:
+        """A fallback module: per-example gradients (M, P) of its parameters for one label set, weights (M,)."""
+
+    def unreached(self, path: str, examples: slice) -> None:
+        """A hooked layer whose output does not reach the logits: its gradient is zero."""
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode, then restore each one's previous mode."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """What the per-example value of a chunk is made of: label sets and their weights.
+
+    ``labels_for(probs)`` gives (K, M) labels and (K, M) weights; an example's value is
+    Σ_k w_k ‖∇θ CE(f(x), y_k)‖².
+    """
+
+    kind: Literal["given", "sampled", "exact"]
+    values: torch.Tensor | None = None  # given: (M,) labels; sampled: (M, K) uniforms in [0, 1)
+
+    def chunk(self, start: int, end: int) -> Targets:
+        return Targets(self.kind, None if self.values is None else self.values[start:end])
+
+    def labels_for(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m, c = probs.shape
+        if self.kind == "exact":
+            labels = torch.arange(c, device=probs.device).unsqueeze(1).expand(c, m)
+            return labels, probs.detach().T
+        assert self.values is not None
+        if self.kind == "given":
+            return self.values.unsqueeze(0), torch.ones(1, m, dtype=probs.dtype, device=probs.device)
+        labels = inverse_cdf(probs.detach().double().cpu(), self.values).T.to(probs.device)
+        k = labels.shape[0]
+        return labels, torch.full((k, m), 1.0 / k, dtype=probs.dtype, device=probs.device)
+
+
+def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """(M, K) labels with P(label = c) = probs[:, c], from (M, K) uniforms."""
+    cdf = probs.cumsum(1)
+    cdf = cdf / cdf[:, -1:]  # the last bin closes at exactly 1
+    return torch.searchsorted(cdf, uniforms.to(cdf.dtype), right=True).clamp_(max=probs.shape[1] - 1)
+
+
+def uniforms(n: int, k: int, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.rand(n, k, dtype=torch.float64, generator=generator if generator is not None else torch.Generator())
+
+
+def copying_layers(model: nn.Module) -> set[str]:
+    """Paths of the layers whose tensors the passes copy, having seen an in-place op overwrite them."""
+    return {path for path, module in model.named_modules() if module in _COPY_TENSORS}
+
+
+def has_closed_norm(module: nn.Module) -> bool:
+    return closed_form(module) is not None
+
+
+def run_passes(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: Targets,
+    chunk_size: int,
+    visitor: Visitor,
+    hooked: Callable[[nn.Module], bool] = has_closed_norm,
+) -> None:
+    """Every chunk of ``inputs`` through one forward and batched backward, in eval mode, refusing
+    batch-coupled models. ``hooked``: which modules the visitor handles from their input and δ
+    (the rest go to the fallback)."""
+    refuse_batch_coupling(model)
+    with eval_mode(model), torch.enable_grad():
+        for start in range(0, len(inputs), chunk_size):
+            end = min(start + chunk_size, len(inputs))
+            _chunk(model, inputs[start:end], targets.chunk(start, end), slice(start, end), visitor, hooked)
+
+
+def refuse_batch_coupling(model: nn.Module) -> None:
+    """Per-example gradients are defined only if an example's loss ignores the other examples."""
+    for path, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None:
+            raise UndefinedPerExampleGradient(
+                f"module {path or type(module).__name__!r}: BatchNorm with track_running_stats=False "
+                "normalises by the batch's own statistics even in eval mode, so one example's gradient "
+                "depends on the others and per-example Tr(F) is undefined; build it with "
+                "track_running_stats=True (or use GroupNorm/LayerNorm)"
+            )
+
+
+def _chunk(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: Targets,
+    examples: slice,
+    visitor: Visitor,
+    hooked: Callable[[nn.Module], bool],
+) -> None:
+    """One forward with hooks on closed-form layers, batched backwards to their outputs, fallback rest.
+
+    A hooked layer's input and output must reach the backward unmodified. Rather than copy every
+    activation, the hooks record version counters; a layer whose tensors an in-place operation
+    changed later in the forward (``ReLU(inplace=True)``, ``out += identity``) is remembered and
+    the chunk is recomputed with copies for it (the network then goes on with the copy).
+    """
+    closed, fallback = _partition(model, hooked)
+    captured: dict[str, list[tuple[torch.Tensor, torch.Tensor, tuple[int, int] | None]]] = {p: [] for p in closed}
+
+    def hook(path: str):  # type: ignore[no-untyped-def]
+        def capture(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor | None:
+            if module in _COPY_TENSORS:
+                captured[path].append((args[0].detach().clone(), out, None))
+                return out.clone()
+            captured[path].append((args[0].detach(), out, (args[0]._version, out._version)))
+            return None
+
+        return capture
+
+    handles = [module.register_forward_hook(hook(path)) for path, module in closed.items()]
+    try:
+        logits = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    modified = [
+        path
+        for path, uses in captured.items()
+        for a, s, versions in uses
+        if versions is not None and versions != (a._version, s._version)
+    ]
+    if modified:
+        _COPY_TENSORS.update(closed[path] for path in modified)
+        return _chunk(model, x, targets, examples, visitor, hooked)
+    for path in [path for path, uses in captured.items() if len(uses) != 1]:  # called twice, or never
+        module = closed.pop(path)
+        if captured[path]:
+            fallback[path] = module  # Σ over uses: the fallback differentiates the whole model
+    probs = logits.detach().softmax(1)
+    labels, weights = targets.labels_for(probs)
+    layers = {p: (closed[p], captured[p][0][0], captured[p][0][1]) for p in closed}
+    _closed_backward(logits, probs, labels, weights, layers, examples, visitor)
+    for k, (y, w) in enumerate(zip(labels, weights, strict=True)):
+        for path, g in _vmap_grads(model, x, y, fallback).items():
+            visitor.fallback(path, g, w, k, examples)
+    return None
+
+
+def _closed_backward(
+    logits: torch.Tensor,
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    layers: dict[str, tuple[nn.Module, torch.Tensor, torch.Tensor]],
+    examples: slice,
+    visitor: Visitor,
+) -> None:
+    """δ of every hooked layer for all label sets, batched through one backward per chunk of sets.
+
+    ∂CE(f(x), y)/∂logits = p − e_y, so the output gradients of every label set are one stacked
+    ``grad_outputs``; label sets go in chunks whose activations fit :data:`BACKWARD_ELEMENTS`.
+    """
+    if not layers:
+        return
+    k, m = labels.shape
+    outputs = [s for _, _, s in layers.values()]
+    per_example = max(1, sum(s[0].numel() for s in outputs) + logits[0].numel())
+    step = max(1, min(k, BACKWARD_ELEMENTS // (per_example * m)))
+    for first in range(0, k, step):
+        y = labels[first : first + step]
+        grad_outputs = probs.unsqueeze(0) - F.one_hot(y, probs.shape[1]).to(probs.dtype)  # (k', M, C)
+        retain = first + step < k
+        if len(y) == 1:
+            deltas = torch.autograd.grad(logits, outputs, grad_outputs[0], retain_graph=retain, allow_unused=True)
+            deltas = tuple(None if d is None else d.unsqueeze(0) for d in deltas)
+        else:
+            deltas = torch.autograd.grad(
+                logits, outputs, grad_outputs, retain_graph=retain, allow_unused=True, is_grads_batched=True
+            )
+        sets = slice(first, first + len(y))
+        for (path, (module, a, _)), delta in zip(layers.items(), deltas, strict=True):
+            if delta is None:
+                visitor.unreached(path, examples)
+            else:
+                visitor.closed(path, module, a, delta, weights[sets], sets, examples)
+
+
+def _partition(
+    model: nn.Module, hooked: Callable[[nn.Module], bool]
+) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """Modules owning trainable parameters: hooked where ``hooked`` says so and untied, else the fallback."""
+    owners: dict[int, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    closed: dict[str, nn.Module] = {}
+    fallback: dict[str, nn.Module] = {}
+    for path, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        tied = any(owners[id(p)] > 1 for p in module.parameters(recurse=False))
+        target = closed if hooked(module) and not tied else fallback
+        target[path] = module
+    return closed, fallback
+
+
+def _vmap_grads(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, modules: dict[str, nn.Module]
+) -> dict[str, torch.Tensor]:
+    """Exact generic fallback: per module path, the (M, P) per-example gradients of its parameters."""
+    if not modules:
+        return {}
+    wanted = {id(p) for m in modules.values() for p in m.parameters(recurse=False) if p.requires_grad}
+    params = dict(model.named_parameters())  # tied parameters appear once, under their first name
+    trainable = {n: p.detach() for n, p in params.items() if id(p) in wanted}
+    constants = {n: p.detach() for n, p in params.items() if id(p) not in wanted}
+    buffers = dict(model.named_buffers())
+
+    def example_loss(theta: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(model, (theta, constants, buffers), (xi.unsqueeze(0),))
+        return F.cross_entropy(logits, yi.unsqueeze(0))
+
+    grads = vmap(grad(example_loss), in_dims=(None, 0, 0))(trainable, x, y)
+    path_of = {id(p): path for path, m in modules.items() for p in m.parameters(recurse=False)}
+    parts: dict[str, list[torch.Tensor]] = {}
+    for name, g in grads.items():  # also 0-dim parameters (e.g. a scalar gain): (M, 1)
+        parts.setdefault(path_of[id(params[name])], []).append(g.reshape(len(g), -1))
+    return {path: torch.cat(gs, 1) for path, gs in parts.items()}
