@@ -22,8 +22,9 @@ from trainables.schema import ConfigError
 
 log = logging.getLogger(__name__)
 
-# The queue in study/tracking.py retries failed writes; MLflow's own client would block the
-# driver for minutes per call (7 retries with exponential backoff) while a server is down.
+# The queue in study/write_queue.py retries failed writes; MLflow's own client would block its
+# writer thread and the end-of-launch drain for minutes per call (7 retries with exponential
+# backoff) while a server is down. MLflow reads these per request from the process environment.
 MLFLOW_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
