@@ -3,6 +3,8 @@
 Exit status: 0 the study finished; 1 a trial failed or the study could not go on; 2 a user
 error (one sentence, no traceback unless ``--debug``, nothing started or written); 130
 interrupted, state saved. Ray, Optuna and MLflow are imported only after the spec is valid.
+Logging is configured here only (:mod:`study.logs`); a flag left out is taken from the
+environment where it has a variable (:mod:`study.environment`).
 """
 
 from __future__ import annotations
