@@ -19,7 +19,7 @@ import torch
 from trainables.data import DATASETS, Splits, check_cache_dir, dataset_info
 from trainables.data import load as load_splits
 from trainables.models import build_model, model_entry
-from trainables.penalties import make_penalty
+from trainables.penalties import PENALTIES, make_penalty
 from trainables.schema import ConfigError, flatten, parse, require, unflatten
 
 # The cost of a Tr(F) point per probe example, in training examples of an SGD step: one eval-mode
@@ -29,7 +29,6 @@ FORWARD_COST = 0.65
 ROW_COST = 0.6
 TRIAL_INDEX_KEY = "__trial_index__"  # set by Ray's Repeater on replicated configurations
 SEEDS_KEY = "fishtune.seeds"  # the replica seeds, carried in param_space when train.seed is a grid
-PENALTY_KINDS = ("none", "fisher", "gp", "gpr", "gpx", "vcl")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -237,7 +236,7 @@ class PenaltyConfig:
     recompute_every: int | None = None
 
     def __post_init__(self) -> None:
-        require(self.kind in PENALTY_KINDS, "penalty.kind", f"one of {list(PENALTY_KINDS)}", self.kind)
+        require(self.kind in PENALTIES, "penalty.kind", f"one of {list(PENALTIES)}", self.kind)
         require(self.coef >= 0, "penalty.coef", "≥ 0", self.coef)
         if self.recompute_every is not None:
             require(self.recompute_every >= 1, "penalty.recompute_every", "an integer ≥ 1", self.recompute_every)
