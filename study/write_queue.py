@@ -10,8 +10,8 @@ disk, for :meth:`WriteQueue.replay` by the next launch.
 How long one request may block the writer is MLflow's choice: ``MLFLOW_HTTP_REQUEST_TIMEOUT``
 and ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` are read from the process environment at every HTTP
 request (``mlflow/utils/rest_utils.py::http_request``, MLflow 3.17), with no per-client setting,
-so the launcher sets short values for the whole driver process (``use_short_mlflow_retries``;
-the user's own values win). A store that hangs therefore delays only the writer, never Tune.
+so the launcher sets short values for the whole driver process (the user's own values win;
+``study.mlflow_parent.use_short_mlflow_retries``). A store that hangs delays only the writer.
 """
 
 from __future__ import annotations
