@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
@@ -48,26 +48,9 @@ def check(tp: Any, value: Any, path: str) -> Any:
     """Check ``value`` against type annotation ``tp``; return it (converted where lossless)."""
     origin = get_origin(tp)
     if origin is Literal:
-        allowed = get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"{path}: {value!r} is not allowed; choose one of {list(allowed)}")
-        return value
+        return _check_literal(tp, value, path)
     if origin in (typing.Union, types.UnionType):
-        options = get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors: dict[Any, str] = {}
-        for option in (o for o in options if o is not type(None)):
-            try:
-                return check(option, value, path)
-            except ConfigError as exc:
-                errors[option] = str(exc)
-        if len(errors) == 1:
-            raise ConfigError(next(iter(errors.values())))
-        nested = [msg for option, msg in errors.items() if isinstance(value, Mapping) and _takes_mapping(option)]
-        if len(nested) == 1:  # a mapping meant for the one dataclass option: its own error names the key
-            raise ConfigError(nested[0])
-        raise ConfigError(f"{path}: must be {' or '.join(map(_describe, errors))}, got {value!r}")
+        return _check_union(tp, value, path)
     if origin is dict:  # already-parsed values (e.g. search domains); only the shape is checked
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
@@ -76,25 +59,52 @@ def check(tp: Any, value: Any, path: str) -> Any:
         if isinstance(tp, type) and isinstance(value, tp):  # already parsed
             return value
         return parse(tp, value, path)  # type: ignore[arg-type]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return value
     if tp is Any:
         return value
+    if tp in _SCALARS:
+        accepts, convert = _SCALARS[tp]
+        if not accepts(value):
+            raise ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
+        return convert(value)
     raise TypeError(f"unsupported annotation {tp!r} at {path}")
+
+
+def _number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+_SCALARS: dict[type, tuple[Callable[[Any], bool], Callable[[Any], Any]]] = {
+    bool: (lambda v: isinstance(v, bool), lambda v: v),
+    int: (lambda v: not isinstance(v, bool) and isinstance(v, int), lambda v: v),
+    float: (_number, float),
+    str: (lambda v: isinstance(v, str), lambda v: v),
+}
+
+
+def _check_literal(tp: Any, value: Any, path: str) -> Any:
+    allowed = get_args(tp)
+    if value not in allowed:
+        raise ConfigError(f"{path}: {value!r} is not allowed; choose one of {list(allowed)}")
+    return value
+
+
+def _check_union(tp: Any, value: Any, path: str) -> Any:
+    """The first option that takes ``value``; else the one error that explains it best."""
+    options = get_args(tp)
+    if value is None and type(None) in options:
+        return None
+    errors: dict[Any, str] = {}
+    for option in (o for o in options if o is not type(None)):
+        try:
+            return check(option, value, path)
+        except ConfigError as exc:
+            errors[option] = str(exc)
+    if len(errors) == 1:
+        raise ConfigError(next(iter(errors.values())))
+    nested = [msg for option, msg in errors.items() if isinstance(value, Mapping) and _takes_mapping(option)]
+    if len(nested) == 1:  # a mapping meant for the one dataclass option: its own error names the key
+        raise ConfigError(nested[0])
+    raise ConfigError(f"{path}: must be {' or '.join(map(_describe, errors))}, got {value!r}")
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
