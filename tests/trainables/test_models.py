@@ -20,7 +20,7 @@ from trainables.config import ModelConfig
 from trainables.models import MODELS, SkipInit, WideBlock, WRNOptions, build_model, model_entry
 from trainables.schema import ConfigError, parse
 
-from .test_fisher import reference_norms, routes
+from .fisher_cases import reference_norms, routes
 
 TINY = [  # (name, options, input shape): seconds on CPU
     ("simple_cnn", {"padding": "same", "width": 4, "hidden": 8}, (1, 8, 8)),

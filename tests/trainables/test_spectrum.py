@@ -10,7 +10,7 @@ from torch import nn
 from trainables import spectrum
 from trainables.fisher import fisher_spectrum, fisher_trace, sample_labels
 
-from .test_fisher import CASES, build
+from .fisher_cases import CASES, build
 
 
 def dense_fisher(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
