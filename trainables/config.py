@@ -176,12 +176,23 @@ class LogSchedule:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class SpectrumConfig:
+    """The top ``k`` eigenvalues of the probe Fisher, logged with every Tr(F) point."""
+
+    k: int = 5
+
+    def __post_init__(self) -> None:
+        require(self.k >= 1, "fisher.spectrum.k", "an integer ≥ 1", self.k)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class FisherConfig:
     """How Tr(F) is measured on the fixed probe of ``samples`` training examples.
 
     ``labels``: ``exact`` (the expectation over classes, no label noise), ``sampled``
     (``label_samples`` labels per example from the model's softmax; default 1, the paper's
     estimator) or ``empirical`` (exact, plus ``fisher_trace_empirical`` with the true labels).
+    ``spectrum``: also the top-k eigenvalues of the same probe Fisher at every point (off by default).
     """
 
     samples: int = 64
@@ -190,6 +201,7 @@ class FisherConfig:
     epsilon: float | None = None  # None → the data set's default (resolved in TrialConfig)
     per_layer: bool = False
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    spectrum: SpectrumConfig | None = None
 
     def __post_init__(self) -> None:
         require(self.samples >= 1, "fisher.samples", "an integer ≥ 1", self.samples)

@@ -43,6 +43,7 @@ __all__ = [
     "per_example_sq_grad_norms",
     "per_layer_sq_grad_norms",
     "sample_labels",
+    "trace_estimate",
 ]
 
 DEFAULT_CHUNK = 256
@@ -155,11 +156,16 @@ def fisher_trace(
     or a label tensor (the empirical Fisher). ``generator``: a CPU generator, sampled labels only."""
     targets = _targets(labels, generator, label_samples, len(inputs))
     layers = _per_layer_values(model, inputs, targets, chunk_size)
-    n = len(inputs)
-    values = _total(layers, inputs).double()
-    stderr = values.std().item() / math.sqrt(n) if n > 1 else float("nan")
     shares = {path: v.double().mean().item() for path, v in layers.items()} if per_layer else {}
-    return TraceEstimate(mean=values.mean().item(), stderr=stderr, n=n, per_layer=shares)
+    return trace_estimate(_total(layers, inputs), shares)
+
+
+def trace_estimate(values: torch.Tensor, per_layer: dict[str, float] | None = None) -> TraceEstimate:
+    """The probe mean of per-example values (N,) and its standard error (NaN for one example)."""
+    values = values.double()
+    n = len(values)
+    stderr = values.std().item() / math.sqrt(n) if n > 1 else float("nan")
+    return TraceEstimate(mean=values.mean().item(), stderr=stderr, n=n, per_layer=per_layer or {})
 
 
 def _targets(labels: Labels, generator: torch.Generator | None, label_samples: int, n: int) -> Targets:
@@ -204,5 +210,5 @@ def fisher_spectrum(
     estimate = gram_spectrum(model, inputs, targets, sets, k, chunk_size)
     if estimate is not None:
         return estimate
-    trace = _total(_per_layer_values(model, inputs, targets, chunk_size), inputs).double().mean().item()
-    return lanczos_spectrum(model, inputs, targets, k, chunk_size, trace)
+    per_example = _total(_per_layer_values(model, inputs, targets, chunk_size), inputs).double().cpu()
+    return lanczos_spectrum(model, inputs, targets, k, chunk_size, per_example)

@@ -35,7 +35,7 @@ from trainables import report as names
 from trainables.config import LogSchedule, TrialConfig
 from trainables.early import Curve, early_fisher_trace, fisher_peak
 from trainables.evaluation import epoch_metrics, evaluate, finite_model
-from trainables.fisher import fisher_trace
+from trainables.fisher import fisher_spectrum, fisher_trace, trace_estimate
 from trainables.models import build_model
 from trainables.penalties import Penalty, make_penalty
 from trainables.report import EpochReport, Outcome
@@ -142,17 +142,33 @@ class _Trial:
         return math.ceil(self.n_train / self.cfg.train.batch_size)
 
     def measure(self, step: int) -> dict[str, float]:
-        fisher = self.cfg.fisher
-        est = fisher_trace(
-            self.model,
-            self.probe_x,
-            labels=fisher.trace_labels,
-            generator=seeded_generator(self.cfg.train.seed, step),
-            label_samples=fisher.draws,
-            per_layer=fisher.per_layer,
-        )
-        out = {names.FISHER_TRACE: est.mean, names.FISHER_TRACE_STDERR: est.stderr}
-        out.update({names.layer_metric(path): v for path, v in est.per_layer.items()})
+        fisher, seed = self.cfg.fisher, self.cfg.train.seed
+        out: dict[str, float] = {}
+        if fisher.spectrum is None or fisher.per_layer:
+            est = fisher_trace(
+                self.model,
+                self.probe_x,
+                labels=fisher.trace_labels,
+                generator=seeded_generator(seed, step),
+                label_samples=fisher.draws,
+                per_layer=fisher.per_layer,
+            )
+            out.update({names.layer_metric(path): v for path, v in est.per_layer.items()})
+        if fisher.spectrum is not None:  # the same labels (same generator state), Tr(F) from the same matrix
+            spectrum = fisher_spectrum(
+                self.model,
+                self.probe_x,
+                fisher.spectrum.k,
+                labels=fisher.trace_labels,
+                generator=seeded_generator(seed, step),
+                label_samples=fisher.draws,
+            )
+            est = trace_estimate(spectrum.per_example)
+            lam = spectrum.eigenvalues.tolist()
+            out.update({names.eigenvalue_metric(rank): v for rank, v in enumerate(lam, start=1)})
+            out[names.FISHER_LAMBDA_MAX] = lam[0]
+            out[names.FISHER_LAMBDA_MAX_LR] = lam[0] * self.cfg.train.lr
+        out.update({names.FISHER_TRACE: est.mean, names.FISHER_TRACE_STDERR: est.stderr})
         if fisher.labels == "empirical":
             out[names.FISHER_TRACE_EMPIRICAL] = fisher_trace(self.model, self.probe_x, self.probe_y).mean
         return out

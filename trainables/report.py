@@ -39,6 +39,8 @@ FISHER_TRACE, FISHER_TRACE_STDERR = "fisher_trace", "fisher_trace_stderr"
 FISHER_TRACE_BATCH = "fisher_trace_batch"  # the penalty's own minibatch estimate
 FISHER_TRACE_EMPIRICAL = "fisher_trace_empirical"
 FISHER_TRACE_LAYER = "fisher_trace.layer."  # prefix of the per-layer Tr(F) curves, then the module path
+FISHER_LAMBDA_MAX, FISHER_LAMBDA_MAX_LR = "fisher_lambda_max", "fisher_lambda_max_lr"  # fisher.spectrum only
+FISHER_EIGENVALUE = "fisher_eigenvalue."  # prefix of the top-k curves, then the rank from 1
 CURVE_METRICS = (
     EPOCH,
     TRAIN_LOSS,
@@ -49,6 +51,8 @@ CURVE_METRICS = (
     FISHER_TRACE_STDERR,
     FISHER_TRACE_BATCH,
     FISHER_TRACE_EMPIRICAL,
+    FISHER_LAMBDA_MAX,
+    FISHER_LAMBDA_MAX_LR,
 )
 
 # The final summary, on the last report only.
@@ -80,15 +84,20 @@ def layer_metric(path: str) -> str:
     return FISHER_TRACE_LAYER + path
 
 
+def eigenvalue_metric(rank: int) -> str:
+    """The curve of the ``rank``-th largest eigenvalue of the probe Fisher (1 = λ_max)."""
+    return f"{FISHER_EIGENVALUE}{rank}"
+
+
 def is_curve_metric(name: str) -> bool:
-    return name in CURVE_METRICS or name.startswith(FISHER_TRACE_LAYER)
+    return name in CURVE_METRICS or name.startswith((FISHER_TRACE_LAYER, FISHER_EIGENVALUE))
 
 
 def step_metrics(logged: Iterable[str]) -> list[str]:
     """The step-indexed metrics among ``logged`` names, in a fixed order: the curves, the
     per-layer curves by path, then the epoch metrics (columns of a run's ``curves.parquet``)."""
     present = set(logged)
-    layers = sorted(name for name in present if name.startswith(FISHER_TRACE_LAYER))
+    layers = sorted(name for name in present if name.startswith((FISHER_TRACE_LAYER, FISHER_EIGENVALUE)))
     return [name for name in (*CURVE_METRICS, *layers, *EPOCH_METRICS) if name in present]
 
 

@@ -41,6 +41,7 @@ class SpectrumEstimate:
 
     eigenvalues: torch.Tensor
     trace: float
+    per_example: torch.Tensor  # (N,) float64, Σ_k w_ik ‖g_ik‖²: the values Tr(F) is the mean of
     n: int  # probe examples
     rows: int  # label sets × examples
     method: Literal["gram", "lanczos"]
@@ -137,13 +138,15 @@ def gram_spectrum(
     eigenvalues = torch.linalg.eigvalsh(gram).flip(0).clamp_(min=0.0).cpu()
     top = torch.zeros(k, dtype=torch.float64)
     top[: min(k, len(eigenvalues))] = eigenvalues[:k]
-    return SpectrumEstimate(top, gram.trace().item(), n, sets * n, "gram")
+    per_example = gram.diagonal().reshape(sets, n).sum(0).cpu() * n
+    return SpectrumEstimate(top, gram.trace().item(), per_example, n, sets * n, "gram")
 
 
 def lanczos_spectrum(
-    model: nn.Module, inputs: torch.Tensor, targets: Targets, k: int, chunk_size: int, trace: float
+    model: nn.Module, inputs: torch.Tensor, targets: Targets, k: int, chunk_size: int, per_example: torch.Tensor
 ) -> SpectrumEstimate:
-    """Top-k eigenvalues by Lanczos (ARPACK) on Fisher-vector products; ``trace`` computed elsewhere."""
+    """Top-k eigenvalues by Lanczos (ARPACK) on Fisher-vector products; the per-example Tr(F)
+    values computed elsewhere (by the trace estimator, on the same labels)."""
     refuse_batch_coupling(model)
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     params = dict(model.named_parameters())
@@ -181,7 +184,8 @@ def lanczos_spectrum(
         operator = LinearOperator((p, p), matvec=matvec, dtype=np.float64)
         values = eigsh(operator, k=k, which="LA", return_eigenvectors=False, tol=LANCZOS_TOL)
     top = torch.from_numpy(np.sort(values)[::-1].copy()).clamp_(min=0.0)
-    return SpectrumEstimate(top, trace, n, len(chunks[0][1]) * n if chunks else 0, "lanczos")
+    rows = len(chunks[0][1]) * n if chunks else 0
+    return SpectrumEstimate(top, per_example.mean().item(), per_example, n, rows, "lanczos")
 
 
 def check_k(k: int, model: nn.Module) -> None:

@@ -51,6 +51,8 @@ BAD: list[tuple[str, str, str]] = [
     ("fisher labels", GOOD + "fisher: {labels: true_labels}\n", "fisher.labels"),
     ("label samples with exact", GOOD + "fisher: {labels: exact, label_samples: 4}\n", "fisher.label_samples"),
     ("label samples 0", GOOD + "fisher: {labels: sampled, label_samples: 0}\n", "fisher.label_samples"),
+    ("spectrum k 0", GOOD + "fisher: {spectrum: {k: 0}}\n", "fisher.spectrum.k"),
+    ("spectrum unknown key", GOOD + "fisher: {spectrum: {top: 3}}\n", "fisher.spectrum.top"),
     ("schedule budget 0", GOOD + "fisher: {schedule: {budget: 0}}\n", "fisher.schedule.budget"),
     ("dense every 0", GOOD + "fisher: {schedule: {dense_every: 0}}\n", "fisher.schedule.dense_every"),
     ("epsilon negative", GOOD + "fisher: {epsilon: -1}\n", "fisher.epsilon"),

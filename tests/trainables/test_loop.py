@@ -153,3 +153,21 @@ def test_recompute_every_defaults_to_each_penalty_paper(kind: str, every: int) -
 
     assert PenaltyConfig(kind=kind, coef=0.1).every == every
     assert PenaltyConfig(kind=kind, coef=0.1, recompute_every=3).every == 3
+
+
+@pytest.mark.parametrize("labels", ["exact", "sampled"])
+def test_spectrum_is_logged_with_every_tr_f_point_from_the_same_matrix(labels: str) -> None:
+    plain = run(config(**{"fisher.labels": labels, "train.epochs": 1}))[0].curves
+    curves = run(config(**{"fisher.labels": labels, "train.epochs": 1, "fisher.spectrum.k": 3}))[0].curves
+    steps = [p[0] for p in curves["fisher_trace"]]
+    assert steps == [p[0] for p in plain["fisher_trace"]]
+    for rank in (1, 2, 3):
+        assert [p[0] for p in curves[f"fisher_eigenvalue.{rank}"]] == steps
+    trace = [p[1] for p in curves["fisher_trace"]]
+    # the same labels as without the spectrum, and Tr(F) from the spectrum's own Gram matrix
+    assert trace == pytest.approx([p[1] for p in plain["fisher_trace"]], rel=1e-5)
+    lam = [[p[1] for p in curves[f"fisher_eigenvalue.{rank}"]] for rank in (1, 2, 3)]
+    assert all(a >= b >= c > 0 for a, b, c in zip(*lam, strict=True))
+    assert all(top <= t for top, t in zip(lam[0], trace, strict=True))  # λ_max ≤ Tr(F)
+    assert [p[1] for p in curves["fisher_lambda_max"]] == lam[0]
+    assert [p[1] for p in curves["fisher_lambda_max_lr"]] == pytest.approx([v * 0.05 for v in lam[0]], rel=1e-12)
