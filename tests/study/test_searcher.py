@@ -7,8 +7,17 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from ray.tune.search import Searcher
 
-from study.searcher import build_searcher
+from study.searcher import (
+    MLFLOW_RUN_TAG,
+    OUTCOME_ATTR,
+    RAY_TRIAL_ID,
+    RAY_TRIAL_IDS,
+    SEED_VALUES,
+    SEEDS,
+    build_searcher,
+)
 from study.spec import parse_spec
 
 SPEC = """
@@ -92,3 +101,100 @@ def test_replicas_report_their_worst_outcome(
     assert trial.state == state
     if state == optuna.trial.TrialState.COMPLETE:
         assert trial.value == pytest.approx(0.7)
+
+
+def test_replicas_carry_their_ray_trials_seeds_and_values(tmp_path: Path) -> None:
+    spec = parse_spec(yaml.safe_load(SEEDED))
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = build_searcher(spec.search, "s", url)
+    searcher.set_search_properties("val_accuracy", "max", {})
+    searcher.suggest("a"), searcher.suggest("b")
+    searcher.on_trial_complete("a", {"val_accuracy": 0.8, "fishtune_outcome": "completed"})
+    searcher.on_trial_complete("b", {"val_accuracy": 0.6, "fishtune_outcome": "completed"})
+    (trial,) = optuna.load_study(study_name="s", storage=url).trials
+    assert trial.user_attrs == {
+        RAY_TRIAL_ID: "a",
+        RAY_TRIAL_IDS: ["a", "b"],
+        MLFLOW_RUN_TAG: "fishtune.trial_id",
+        OUTCOME_ATTR: "completed",
+        SEEDS: [0, 1],
+        SEED_VALUES: [0.8, 0.6],
+    }
+
+
+def test_every_optuna_trial_names_its_ray_trial_and_outcome(tmp_path: Path) -> None:
+    searcher, url = searcher_and_url(tmp_path)
+    searcher.suggest("a"), searcher.suggest("b")
+    searcher.on_trial_complete("a", {"val_accuracy": 0.5, "fishtune_outcome": "diverged"})
+    searcher.on_trial_complete("b", None, error=True)
+    attrs = [t.user_attrs for t in optuna.load_study(study_name="s", storage=url).trials]
+    assert attrs == [
+        {RAY_TRIAL_ID: "a", RAY_TRIAL_IDS: ["a"], MLFLOW_RUN_TAG: "fishtune.trial_id", OUTCOME_ATTR: "diverged"},
+        {RAY_TRIAL_ID: "b", RAY_TRIAL_IDS: ["b"], MLFLOW_RUN_TAG: "fishtune.trial_id", OUTCOME_ATTR: "failed"},
+    ]
+
+
+def restored(searcher: Searcher, snapshot: tuple[dict, Path], spec_text: str, url: str) -> Searcher:
+    """A fresh searcher restored from a snapshot as Tune's SearchGenerator restores one: the
+    wrappers' state, then the base searcher's file."""
+    state, path = snapshot
+    fresh = build_searcher(parse_spec(yaml.safe_load(spec_text)).search, "s", url)
+    fresh.set_search_properties("val_accuracy", "max", {})
+    if state:
+        fresh.set_state(state)
+    fresh.restore(str(path))
+    return fresh
+
+
+def snapshot(searcher: Searcher, path: Path) -> tuple[dict, Path]:
+    searcher.save(str(path))
+    return (searcher.get_state() if hasattr(searcher, "searcher") else {}), path
+
+
+def done(result: float) -> dict:
+    return {"val_accuracy": result, "training_iteration": 1, "fishtune_outcome": "completed"}
+
+
+def test_resume_from_a_state_older_than_optuna_neither_crashes_nor_leaves_trials_running(tmp_path: Path) -> None:
+    """A driver killed after Tune's last save: trial a finished and b was asked since then."""
+    searcher, url = searcher_and_url(tmp_path)
+    searcher.suggest("a")
+    saved = snapshot(searcher, tmp_path / "searcher.pkl")
+    b_config = searcher.suggest("b")
+    searcher.on_trial_result("a", done(0.5))
+    searcher.on_trial_complete("a", done(0.5))
+
+    searcher = restored(searcher, saved, SPEC, url)
+    searcher.on_trial_result("a", done(0.4))  # Tune runs a again from its saved state
+    searcher.on_trial_complete("a", done(0.4))
+    assert searcher.suggest("c") == b_config  # b's Optuna trial, not a new one
+    searcher.on_trial_complete("c", done(0.7))
+    trials = optuna.load_study(study_name="s", storage=url).trials
+    assert [(t.state, t.value) for t in trials] == [(optuna.trial.TrialState.COMPLETE, v) for v in (0.5, 0.7)]
+    assert trials[1].user_attrs[RAY_TRIAL_ID] == "c"
+
+
+def test_resume_of_replicas_from_an_older_state_runs_every_configuration_once(tmp_path: Path) -> None:
+    spec = parse_spec(yaml.safe_load(SEEDED))
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = build_searcher(spec.search, "s", url)
+    searcher.set_search_properties("val_accuracy", "max", {})
+    first = [searcher.suggest("a"), searcher.suggest("b")]
+    saved = snapshot(searcher, tmp_path / "searcher.pkl")
+    second = searcher.suggest("c")["train.lr"]
+    searcher.on_trial_complete("a", done(0.8))
+    searcher.on_trial_complete("b", done(0.6))
+
+    searcher = restored(searcher, saved, SEEDED, url)
+    searcher.on_trial_complete("a", done(0.8))
+    searcher.on_trial_complete("b", done(0.6))
+    searcher.on_trial_complete("gone", done(0.1))  # a Ray trial the searcher never saw: no KeyError
+    replicas = [searcher.suggest("d"), searcher.suggest("e")]
+    assert [c["train.lr"] for c in replicas] == [second, second] and [c["__trial_index__"] for c in replicas] == [0, 1]
+    searcher.on_trial_complete("d", done(0.5))
+    searcher.on_trial_complete("e", done(0.3))
+    trials = optuna.load_study(study_name="s", storage=url).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert [t.value for t in trials] == [pytest.approx(0.7), pytest.approx(0.4)]
+    assert {t.params["train.lr"] for t in trials} == {first[0]["train.lr"], second}
+    assert trials[1].user_attrs[RAY_TRIAL_IDS] == ["d", "e"]
