@@ -31,10 +31,17 @@ import pandas as pd
 
 from analysis import names
 from analysis.stats import correlations
+from analysis.table import EARLY_LAMBDA_MAX, LAMBDA_MAX_PEAK
 from analysis.within import association
 
 MEASURES = (names.EARLY_FISHER_TRACE, names.FISHER_PEAK)
-READ_AT = {names.EARLY_FISHER_TRACE: "early", names.FISHER_PEAK: "peak"}
+SPECTRUM_MEASURES = (EARLY_LAMBDA_MAX, LAMBDA_MAX_PEAK)  # exploratory, where the study logged the spectrum
+READ_AT = {
+    names.EARLY_FISHER_TRACE: "early",
+    names.FISHER_PEAK: "peak",
+    EARLY_LAMBDA_MAX: "early",
+    LAMBDA_MAX_PEAK: "lambda_peak",
+}
 PRIMARY_MEASURE, PRIMARY_METHOD = names.EARLY_FISHER_TRACE, "spearman"
 PRIMARY_TEST = "across-configuration Spearman ρ with final test accuracy (permutation p, Fisher z 95 % CI)"
 TARGETS = {"correlations": names.FINAL_TEST_ACCURACY, "correlations_best": names.BEST_TEST_ACCURACY}
@@ -44,12 +51,13 @@ def inference(used: pd.DataFrame) -> dict[str, Any]:
     """The report's correlations, within_configuration, beyond_early_val, primary and family keys."""
     groups = used["configuration"].to_numpy(int)
     final = used[names.FINAL_TEST_ACCURACY].to_numpy(float)
+    measures = [*MEASURES, *(m for m in SPECTRUM_MEASURES if m in used and used[m].notna().any())]
     out: dict[str, Any] = {
-        key: {m: correlations(used[m].to_numpy(float), used[target].to_numpy(float), groups) for m in MEASURES}
+        key: {m: correlations(used[m].to_numpy(float), used[target].to_numpy(float), groups) for m in measures}
         for key, target in TARGETS.items()
     }
-    out["within_configuration"] = {m: association(used[m].to_numpy(float), final, groups) for m in MEASURES}
-    out["beyond_early_val"] = {m: beyond_early_val(used, m, groups) for m in MEASURES}
+    out["within_configuration"] = {m: association(used[m].to_numpy(float), final, groups) for m in measures}
+    out["beyond_early_val"] = {m: beyond_early_val(used, m, groups) for m in measures}
     out["primary"] = primary(out["correlations"])
     out["family"] = family(out)
     return out

@@ -190,3 +190,12 @@ def fisher_at_epoch(fisher: pd.Series, epoch: pd.Series, k: float) -> float:
     after = fisher.dropna()
     after = after[after.index >= reached.index.min()]
     return float(after.iloc[0]) if not after.empty else math.nan
+
+
+def smoothed_at(values: pd.Series, epoch: pd.Series, centre: float, window: float = WINDOW_EPOCHS) -> float:
+    """The box average of a curve at one centre (epochs), as the reads above average it; NaN
+    where the curve does not cover the whole box."""
+    _, t, v = _points(values, epoch)
+    if len(t) < 2 or centre - window / 2 < t[0] - 1e-9 or centre + window / 2 > t[-1] + 1e-9:
+        return math.nan
+    return float(point_average(t, v, np.array([centre]), window)[0])

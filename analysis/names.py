@@ -13,6 +13,7 @@ COMPLETED, DIVERGED, FAILED, EARLY_STOPPED = "completed", "diverged", "failed", 
 EPOCH = "epoch"
 TRAIN_LOSS, TRAIN_EXAMPLES = "train_loss", "train_examples"
 FISHER_TRACE, FISHER_TRACE_STDERR = "fisher_trace", "fisher_trace_stderr"
+FISHER_LAMBDA_MAX, FISHER_LAMBDA_MAX_LR = "fisher_lambda_max", "fisher_lambda_max_lr"  # fisher.spectrum only
 VAL_ACCURACY = "val_accuracy"
 
 # The trainable's final summary.

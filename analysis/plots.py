@@ -44,6 +44,42 @@ def fisher_curves(table: pd.DataFrame, curves: dict[str, dict[str, pd.Series]], 
     return fig
 
 
+def spectrum_curves(
+    table: pd.DataFrame, curves: dict[str, dict[str, pd.Series]], run_ids: list[str], momentum: float | None
+) -> Figure:
+    """λ_max·lr (edge of stability: 2 for plain GD, 2(1 + β) with heavy-ball momentum β) and the
+    outlier share λ_max / Tr(F) against epoch, every trial, coloured by learning rate."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100, layout="constrained")
+    lrs = table[LR].astype(float) if LR in table else pd.Series([np.nan] * len(table))
+    finite = lrs[np.isfinite(lrs) & (lrs > 0)]
+    norm = LogNorm(finite.min(), finite.max()) if len(finite) and finite.min() < finite.max() else None
+    cmap = plt.get_cmap("viridis")
+    for run_id, lr in zip(run_ids, lrs, strict=True):
+        c = curves.get(run_id, {})
+        series = {k: c.get(k) for k in (names.FISHER_LAMBDA_MAX, names.FISHER_LAMBDA_MAX_LR, names.FISHER_TRACE)}
+        joined = pd.concat({**series, "epoch": c.get(names.EPOCH)}, axis=1).dropna()
+        if joined.empty:
+            continue
+        color = cmap(norm(lr)) if norm is not None and np.isfinite(lr) else "tab:blue"
+        axes[0].plot(joined["epoch"], joined[names.FISHER_LAMBDA_MAX_LR], color=color, lw=1, alpha=0.8)
+        share = joined[names.FISHER_LAMBDA_MAX] / joined[names.FISHER_TRACE]
+        axes[1].plot(joined["epoch"], share, color=color, lw=1, alpha=0.8)
+    axes[0].axhline(2.0, color="k", ls="--", lw=0.8, label="2 (plain GD)")
+    if momentum:
+        axes[0].axhline(2 * (1 + momentum), color="k", ls=":", lw=0.8, label=f"2(1 + β), β = {momentum:g}")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("λ_max(F) · lr")
+    axes[0].legend(fontsize=8)
+    axes[1].set_ylabel("λ_max / Tr(F)")
+    axes[1].set_ylim(0, 1)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    fig.suptitle("Top eigenvalue of the probe Fisher")
+    if norm is not None:
+        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="learning rate")
+    return fig
+
+
 def fisher_vs_accuracy(table: pd.DataFrame, report: dict) -> Figure:
     """Early Tr(F) and Fisher peak against final test accuracy, completed trials only."""
     used = table[table["outcome"] == names.COMPLETED]

@@ -22,7 +22,7 @@ from analysis.inference import MEASURES, inference, primary
 from analysis.markdown import markdown
 from analysis.measures import GRID_EPOCHS, WINDOW_EPOCHS
 from analysis.store import StudyData, load_study
-from analysis.table import COEF, LR, trials_table
+from analysis.table import COEF, LAMBDA_MAX_PEAK, LR, trials_table
 
 MIN_TRIALS = 3
 EXCLUDED = (names.DIVERGED, names.FAILED, names.EARLY_STOPPED)
@@ -123,6 +123,10 @@ def write_report(study: StudyData, table: pd.DataFrame, report: dict[str, Any], 
         }
         if LR in study.searched and COEF in study.searched:
             figures["accuracy_heatmap.png"] = plots.accuracy_heatmap(table)
+        if LAMBDA_MAX_PEAK in table and table[LAMBDA_MAX_PEAK].notna().any():
+            momentum = _float(study.params.get("train.momentum"))
+            run_ids = list(study.runs["run_id"])
+            figures["fisher_spectrum.png"] = plots.spectrum_curves(table, study.curves, run_ids, momentum)
         for name, fig in figures.items():
             fig.savefig(out / name)
             plt.close(fig)
@@ -130,6 +134,13 @@ def write_report(study: StudyData, table: pd.DataFrame, report: dict[str, Any], 
     files.append(out / "report.md")
     files[-1].write_text(markdown(report, [f.name for f in files if f.suffix == ".png"]))
     return files
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
 
 
 def _json_default(value: Any) -> Any:

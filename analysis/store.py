@@ -22,6 +22,8 @@ CURVES = (
     names.TRAIN_EXAMPLES,
     names.FISHER_TRACE,
     names.FISHER_TRACE_STDERR,
+    names.FISHER_LAMBDA_MAX,
+    names.FISHER_LAMBDA_MAX_LR,
     names.EPOCH,
     names.VAL_ACCURACY,
 )

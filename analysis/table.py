@@ -21,6 +21,7 @@ from analysis.measures import (
     early_fisher_trace,
     fisher_at_epoch,
     fisher_peak,
+    smoothed_at,
     smoothed_early,
     smoothed_peak,
 )
@@ -29,6 +30,9 @@ from analysis.store import StudyData
 LR = "train.lr"
 COEF = "penalty.coef"
 RAW = (names.EARLY_FISHER_TRACE, names.FISHER_PEAK, names.FISHER_PEAK_STEP)  # summaries the raw reads recompute
+# With fisher.spectrum: λ_max read like Tr(F), its edge-of-stability product, and the outlier share.
+EARLY_LAMBDA_MAX, LAMBDA_MAX_PEAK = "early_lambda_max", "lambda_max_peak"
+LAMBDA_MAX_LR_PEAK, OUTLIER_SHARE_AT_PEAK = "lambda_max_lr_peak", "outlier_share_at_peak"
 EMPTY = pd.Series(dtype=float)
 
 
@@ -59,6 +63,29 @@ def _reads(curves: dict[str, pd.Series], epsilon: float, window: float) -> dict[
     row["raw_early_fisher_trace"] = raw_early[0] if raw_early else math.nan
     row["raw_fisher_peak"] = raw_peak[0] if raw_peak else math.nan
     row["raw_fisher_peak_step"] = raw_peak[1] if raw_peak else math.nan
+    if not curves.get(names.FISHER_LAMBDA_MAX, EMPTY).dropna().empty:
+        row.update(_spectrum_reads(curves, epsilon, window, peak))
+    return row
+
+
+def _spectrum_reads(curves: dict[str, pd.Series], epsilon: float, window: float, peak: Read | None) -> dict[str, float]:
+    """λ_max at the ε crossing and at its own peak (smoothed like Tr(F)); λ_max·lr at its peak;
+    λ_max / Tr(F), both smoothed, at the Tr(F) peak's centre."""
+    lam, epoch = curves[names.FISHER_LAMBDA_MAX], curves.get(names.EPOCH, EMPTY)
+    loss, weights = curves.get(names.TRAIN_LOSS, EMPTY), curves.get(names.TRAIN_EXAMPLES)
+    early = smoothed_early(lam, loss, epoch, epsilon, weights=weights, window=window)
+    lam_peak = smoothed_peak(lam, epoch, window=window)
+    edge = smoothed_peak(curves.get(names.FISHER_LAMBDA_MAX_LR, EMPTY), epoch, window=window)
+    row = {
+        EARLY_LAMBDA_MAX: early.value if early else math.nan,
+        LAMBDA_MAX_PEAK: lam_peak.value if lam_peak else math.nan,
+        f"{LAMBDA_MAX_PEAK}_epoch": lam_peak.epoch if lam_peak else math.nan,
+        LAMBDA_MAX_LR_PEAK: edge.value if edge else math.nan,
+        OUTLIER_SHARE_AT_PEAK: smoothed_at(lam, epoch, peak.epoch, window) / peak.value if peak else math.nan,
+    }
+    row["val_accuracy_at_lambda_peak"], row["val_epoch_at_lambda_peak"] = _val_after(
+        curves.get(names.VAL_ACCURACY, EMPTY).dropna(), epoch, lam_peak
+    )
     return row
 
 
