@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -185,6 +186,7 @@ class _Progress:
     history: dict[str, Curve] = field(default_factory=lambda: {name: [] for name in HISTORY})
     last_objective: dict[str, float] = field(default_factory=dict)
     curves: dict[str, Curve] = field(default_factory=dict)
+    times: dict[int, int] = field(default_factory=dict)  # step → Unix ms when its first point was logged
     window: _Window = field(default_factory=_Window)
 
     @classmethod
@@ -219,6 +221,7 @@ class _Progress:
         )
 
     def log(self, point_step: int, values: dict[str, float]) -> None:
+        self.times.setdefault(point_step, time.time_ns() // 1_000_000)
         for name, value in values.items():
             self.curves.setdefault(name, []).append((point_step, float(value)))
             if name in self.history:
@@ -227,6 +230,10 @@ class _Progress:
     def take_curves(self) -> dict[str, Curve]:
         curves, self.curves = self.curves, {}
         return curves
+
+    def take_times(self) -> dict[int, int]:
+        times, self.times = self.times, {}
+        return times
 
 
 def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None = None) -> Iterator[EpochReport]:
@@ -291,6 +298,7 @@ def _epoch_report(trial: _Trial, progress: _Progress, metrics: dict[str, float])
         step=progress.step,
         metrics=metrics,
         curves=progress.take_curves(),
+        times=progress.take_times(),
         outcome=Outcome.COMPLETED if done else Outcome.RUNNING,
         summary=_summary(progress, metrics, trial.cfg) if done else {},
         state=progress.snapshot(trial),
@@ -304,6 +312,7 @@ def _diverged_report(trial: _Trial, progress: _Progress, epoch: int, reason: str
         step=progress.step,
         metrics=dict(progress.last_objective),
         curves=progress.take_curves(),
+        times=progress.take_times(),
         outcome=Outcome.DIVERGED,
         diverged_reason=reason,
         summary=_summary(progress, {}, trial.cfg),

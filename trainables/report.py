@@ -76,6 +76,7 @@ DIVERGED_REASON = "fishtune_diverged_reason"
 ERROR = "fishtune_error"
 DEVICE, DEVICE_NOTE, NODE_ID = "fishtune_device", "fishtune_device_note", "fishtune_node_id"
 CURVES, SUMMARY = "curves", "summary"
+CURVE_TIMES = "curve_times"  # [(step, Unix time in ms)]: when the trial logged each curve step
 MAX_ERROR_CHARS = 5000
 
 
@@ -122,6 +123,7 @@ class EpochReport:
     metrics: dict[str, float]
     curves: dict[str, Curve]  # step-level points logged since the previous report
     outcome: Outcome
+    times: dict[int, int] = field(default_factory=dict)  # step → Unix ms of the trial's clock when logged
     diverged_reason: str | None = None
     summary: dict[str, float] = field(default_factory=dict)  # only on the last report
     state: dict[str, Any] = field(default_factory=dict)  # to checkpoint; stays on the worker
@@ -136,6 +138,7 @@ class EpochReport:
             DIVERGED_REASON: self.diverged_reason or "",
             **placement.to_result(),
             CURVES: self.curves,
+            CURVE_TIMES: sorted(self.times.items()),
             SUMMARY: self.summary,
         }
 
@@ -156,6 +159,7 @@ def failed_result(error_text: str, epoch: int, step: int, placement: Placement) 
         DIVERGED_REASON: "",
         **placement.to_result(),
         CURVES: {},
+        CURVE_TIMES: [],
         SUMMARY: {},
     }
 
@@ -170,6 +174,7 @@ class TrialResult:
     step: int = 0
     metrics: dict[str, float] = field(default_factory=dict)  # the epoch metrics present
     curves: dict[str, Curve] = field(default_factory=dict)
+    times: dict[int, int] = field(default_factory=dict)  # step → Unix ms when the trial logged it
     summary: dict[str, float] = field(default_factory=dict)
     diverged_reason: str = ""
     error: str = ""
@@ -183,6 +188,7 @@ class TrialResult:
             step=int(result.get(STEP, 0)),
             metrics={k: float(result[k]) for k in EPOCH_METRICS if k in result},
             curves=dict(result.get(CURVES) or {}),
+            times={int(step): int(ms) for step, ms in result.get(CURVE_TIMES) or ()},
             summary=dict(result.get(SUMMARY) or {}),
             diverged_reason=str(result.get(DIVERGED_REASON) or ""),
             error=str(result.get(ERROR) or ""),

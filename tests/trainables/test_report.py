@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -19,6 +20,7 @@ def test_an_epoch_report_reads_back_as_it_was_written() -> None:
         metrics={"val_accuracy": 0.5, "val_loss": 1.2, "test_accuracy": 0.4, "test_loss": 1.3},
         curves={"fisher_trace": [(10, 3.0), (20, 2.5)], "fisher_trace.layer.fc": [(10, 1.0)]},
         outcome=Outcome.DIVERGED,
+        times={10: 1_700_000_000_000, 20: 1_700_000_000_250},
         diverged_reason="nonfinite",
         summary={"fisher_peak": 3.0},
         state={"step": 20},
@@ -33,6 +35,7 @@ def test_an_epoch_report_reads_back_as_it_was_written() -> None:
         step=20,
         metrics=sent.metrics,
         curves=sent.curves,
+        times=sent.times,
         summary=sent.summary,
         diverged_reason="nonfinite",
         placement=Placement("cuda:0", "note", "node-1"),
@@ -69,6 +72,27 @@ def test_every_curve_the_loop_logs_is_a_curve_metric() -> None:
     assert set(report.step_metrics(logged)) == logged
     assert set(only.metrics) == set(report.EPOCH_METRICS)
     assert set(only.summary) <= set(report.SUMMARY_METRICS)
+
+
+def test_every_logged_step_carries_the_trials_own_wall_time() -> None:
+    cfg = TrialConfig.from_mapping(
+        {
+            "model": {"name": "mlp", "hidden": 16, "depth": 1},
+            "train": {"epochs": 2, "batch_size": 128, "lr": 0.05},
+            "fisher": {"samples": 16},
+        }
+    )
+    started = time.time() * 1000
+    first, second = train(cfg, torch.device("cpu"))
+    for epoch in (first, second):
+        steps = {step for curve in epoch.curves.values() for step, _ in curve}
+        assert set(epoch.times) == steps
+        assert started <= min(epoch.times.values()) <= max(epoch.times.values()) <= time.time() * 1000
+        ordered = [epoch.times[s] for s in sorted(steps)]
+        assert ordered == sorted(ordered)
+    assert max(first.times.values()) <= min(second.times.values())
+    back = TrialResult.from_result(second.to_result(Placement("cpu")))
+    assert back.times == second.times
 
 
 def test_step_metrics_keep_layers_and_drop_the_summary() -> None:
