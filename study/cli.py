@@ -1,4 +1,4 @@
-"""``fishtune``: run, resume, status and ui (design.md §1).
+"""``fishtune``: run, resume, status, analyze, ui and dashboard (design.md §1).
 
 Exit status: 0 the study finished; 1 a trial failed or the study could not go on; 2 a user
 error (one sentence, no traceback unless ``--debug``, nothing started or written); 130
@@ -17,15 +17,18 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from study import exit_codes
 from study.environment import check_job_paths, ray_address, tracking_uri_override
 from study.logs import NORMAL, QUIET, VERBOSE, configure_logging
 from study.options import LaunchOptions
-from study.spec import NAME_PATTERN, StudySpec, Tracking, load_spec
+from study.spec_core import NAME_PATTERN, Tracking
 from study.store import StudyStore
 from trainables.schema import ConfigError
+
+if TYPE_CHECKING:  # study.spec builds trial configs and imports torch: `status` and `--help` never load it
+    from study.spec import StudySpec
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +58,17 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="trials of a study and their outcomes")
     status.add_argument("name")
+    status.add_argument(
+        "--format", choices=["table", "json", "csv"], default="table", help="output format (default table)"
+    )
+
+    dashboard = sub.add_parser("dashboard", help="optuna-dashboard on the study's Optuna storage")
+    dashboard.add_argument("name")
+    dashboard.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: local only)")
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.add_argument(
+        "--storage", default=".", help="folder holding runs/<study>/ (default: the working directory)"
+    )
 
     analyze = sub.add_parser("analyze", help="early-Fisher vs test-accuracy report and plots")
     analyze.add_argument("name")
@@ -108,7 +122,7 @@ def _tracking_uri(args: argparse.Namespace, name: str | None) -> str:
     if args.tracking_uri:
         uri = Tracking(uri=args.tracking_uri).resolved(Path.cwd()).uri
     elif name is not None:
-        uri = StudyStore(args.storage, name).load_spec().tracking.uri
+        uri = StudyStore(args.storage, name).tracking_uri()
     else:
         uri = Tracking().resolved(Path.cwd()).uri
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
@@ -121,6 +135,13 @@ def _version() -> str:
         return metadata.version("fishtune")
     except metadata.PackageNotFoundError:  # run from a source tree that was never installed
         return "(not installed)"
+
+
+def parse_command(argv: Sequence[str]) -> argparse.Namespace:
+    """A command line parsed, with the flags left out filled from the environment (the Python API)."""
+    args = _parser().parse_args(argv)
+    _resolve_environment(args)
+    return args
 
 
 def _resolve_environment(args: argparse.Namespace) -> None:
@@ -142,6 +163,13 @@ def _check_local_gpu(spec: StudySpec, address: str | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    return _report(run_outcome(args))
+
+
+def run_outcome(args: argparse.Namespace) -> exit_codes.Outcome:
+    """``fishtune run`` up to its outcome (also the Python API's :func:`fishtune.run`)."""
+    from study.spec import load_spec
+
     overrides: dict[str, Any] = {}
     if args.num_samples is not None:
         overrides["search.num_samples"] = args.num_samples
@@ -162,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     from study.launcher import start_launch
 
-    return _report(start_launch(spec, store, _launch_options(args)))
+    return start_launch(spec, store, _launch_options(args))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -195,15 +223,16 @@ def _launch_options(args: argparse.Namespace) -> LaunchOptions:
 
 def cmd_status(args: argparse.Namespace) -> int:
     uri = _tracking_uri(args, None if args.tracking_uri else args.name)
-    from mlflow.tracking import MlflowClient
+    from study.status import render, study_table
 
-    from study.status import format_outcomes, format_table, trials_table
+    print(render(study_table(uri, args.name), args.name, uri, args.format))
+    return 0
 
-    table = trials_table(MlflowClient(uri), args.name)
-    print(f"study {args.name} ({uri})")
-    print(format_table(table))
-    if not table.empty:
-        print(format_outcomes(table))
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from study.dashboard import serve
+
+    serve(StudyStore(args.storage, args.name), args.host, args.port)
     return 0
 
 
@@ -258,7 +287,14 @@ def _report(outcome: exit_codes.Outcome) -> int:
     return int(outcome.code)
 
 
-COMMANDS = {"run": cmd_run, "resume": cmd_resume, "status": cmd_status, "analyze": cmd_analyze, "ui": cmd_ui}
+COMMANDS = {
+    "run": cmd_run,
+    "resume": cmd_resume,
+    "status": cmd_status,
+    "analyze": cmd_analyze,
+    "ui": cmd_ui,
+    "dashboard": cmd_dashboard,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

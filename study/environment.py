@@ -6,10 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from study.options import RAY_JOB_ENV
-from study.spec import StudySpec, Tracking
+from study.spec_core import Tracking
 from trainables.schema import ConfigError
+
+if TYPE_CHECKING:
+    from study.spec import StudySpec
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable
 RAY_ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own variable; Ray sets it to "auto" inside a job

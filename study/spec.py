@@ -8,7 +8,6 @@ adds search, resources and tracking around them.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +15,10 @@ from typing import Any, Literal
 
 import yaml
 
+from study.spec_core import NAME_PATTERN, Tracking
 from trainables.config import TrialConfig
 from trainables.schema import ConfigError, check, merge, parse, require, unflatten
 
-NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
-TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "databricks")
 MIN_CPU = 1e-4  # Ray's resource granularity: smaller fractions are refused
 SEED_FIELD = "train.seed"
 MAX_SPEC_BYTES = 2**20  # a spec is a page of YAML; anything larger is the wrong file
@@ -124,30 +122,6 @@ class Resources:
         require(self.cpu >= MIN_CPU, "resources.cpu", f"a number ≥ {MIN_CPU} (Ray's smallest fraction)", self.cpu)
         require(self.gpu >= 0, "resources.gpu", "≥ 0", self.gpu)
         require(self.gpu <= 1 or self.gpu.is_integer(), "resources.gpu", "a fraction ≤ 1 or a whole number", self.gpu)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Tracking:
-    uri: str = "sqlite:///mlflow.db"
-
-    def __post_init__(self) -> None:
-        scheme = self.uri.split(":", 1)[0] if ":" in self.uri else ""
-        require(
-            scheme in TRACKING_SCHEMES,
-            "tracking.uri",
-            f"a URI with scheme {'|'.join(TRACKING_SCHEMES)} (MLflow 3 refuses plain paths and file:)",
-            self.uri,
-        )
-
-    def resolved(self, base: Path) -> Tracking:
-        """SQLite paths made absolute against ``base``; the database's folder must exist."""
-        if not self.uri.startswith("sqlite:///"):
-            return self
-        path = Path(self.uri.removeprefix("sqlite:///")).expanduser()
-        path = path if path.is_absolute() else (base / path).resolve()
-        if not path.parent.is_dir():
-            raise ConfigError(f"tracking.uri: the folder {path.parent} of the SQLite store does not exist")
-        return Tracking(uri=f"sqlite:///{path}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -12,11 +12,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from study.spec import StudySpec, parse_spec
+from study.spec_core import Tracking
 from trainables.schema import ConfigError
+
+if TYPE_CHECKING:
+    from study.spec import StudySpec
 
 
 @dataclass(slots=True)
@@ -40,7 +44,7 @@ class StudyStore:
 
     @property
     def optuna_url(self) -> str:
-        return f"sqlite:///{self.root / 'optuna.db'}"
+        return f"sqlite:///{self.optuna_path}"
 
     @property
     def default_results(self) -> str:
@@ -51,16 +55,35 @@ class StudyStore:
         """MLflow writes a launch could not store (the store was down): JSON lines, replayed later."""
         return self.root / "mlflow-unwritten.jsonl"
 
+    @property
+    def optuna_path(self) -> Path:
+        return self.root / "optuna.db"
+
     def exists(self) -> bool:
         return self.spec_path.is_file()
 
     def load_spec(self) -> StudySpec:
+        from study.spec import parse_spec  # builds the trial config: imports torch
+
+        return parse_spec(self._stored(), source=str(self.spec_path))
+
+    def tracking_uri(self) -> str:
+        """The stored study's MLflow URI, read without parsing the whole spec (no torch import):
+        the stored spec is the resolved one, its URI already absolute."""
+        tracking = self._stored().get("tracking") or {}
+        uri = tracking.get("uri") if isinstance(tracking, dict) else None
+        return (Tracking(uri=uri) if isinstance(uri, str) else Tracking()).uri
+
+    def _stored(self) -> dict[str, Any]:
         if not self.exists():
             raise ConfigError(
                 f"study {self.name!r}: no {self.spec_path}; start it with `fishtune run SPEC.yaml` "
                 "or pass --storage DIR where it was run"
             )
-        return parse_spec(yaml.safe_load(self.spec_path.read_text()), source=str(self.spec_path))
+        data = yaml.safe_load(self.spec_path.read_text())
+        if not isinstance(data, dict):
+            raise ConfigError(f"{self.spec_path}: not a study spec (expected a mapping)")
+        return data
 
     def save_spec(self, spec: StudySpec) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

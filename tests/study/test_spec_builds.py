@@ -61,7 +61,7 @@ search:
 
 
 def test_a_model_that_does_not_fit_is_still_refused_on_every_load(builds: Counter[tuple[str, Any]]) -> None:
-    text = "name: x\nmodel: {name: simple_cnn}\nsearch: {space: {train.lr: {choice: [0.1]}}}\n"
+    text = "name: x\nmodel: {name: simple_cnn, padding: paper}\nsearch: {space: {train.lr: {choice: [0.1]}}}\n"
     for _ in range(2):  # a failure is not cached as a success
         with pytest.raises(ValueError, match="16 px"):
             parse_spec(yaml.safe_load(text))

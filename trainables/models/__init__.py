@@ -81,6 +81,10 @@ def build_model(name: str, options: Any, input_shape: tuple[int, ...], num_class
         with torch.no_grad():
             model.eval()(torch.zeros(2, *input_shape))
     except RuntimeError as exc:
-        hint = " (simple_cnn needs ≥ 16 px unless model.padding is 'same')" if name == "simple_cnn" else ""
+        hint = (
+            " (simple_cnn with model.padding 'paper' needs ≥ 16 px; 'same' or 'auto' fit smaller images)"
+            if name == "simple_cnn"
+            else ""
+        )
         raise ConfigError(f"model: {name} cannot take inputs of shape {tuple(input_shape)}{hint}: {exc}") from None
     return model.train()

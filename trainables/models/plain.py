@@ -10,16 +10,20 @@ from torch import nn
 
 from trainables.schema import require
 
+MIN_PAPER_PX = 16  # the paper layout's two valid convs and two pools need this much
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SimpleCNNOptions:
     """The paper's SimpleCNN (Keras cifar10_cnn without dropout, Dense512 → Dense128).
 
     ``padding: paper`` keeps the Keras layout (same, valid, pool, same, valid, pool), which needs
-    inputs of at least 16 px; ``same`` pads every conv, for small images such as digits.
+    inputs of at least 16 px; ``same`` pads every conv, for small images such as digits. The
+    default ``auto`` is ``paper`` from 16 px up (CIFAR's 32 px: the paper's network) and ``same``
+    below, so the default model takes the default data set (digits, 8 px).
     """
 
-    padding: Literal["paper", "same"] = "paper"
+    padding: Literal["auto", "paper", "same"] = "auto"
     width: int = 32  # channels of the first block; the second block has 2×width
     hidden: int = 128
 
@@ -31,7 +35,7 @@ class SimpleCNNOptions:
 def simple_cnn(opts: SimpleCNNOptions, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     channels, height, width = input_shape
     w = opts.width
-    second = 1 if opts.padding == "same" else 0
+    second = 1 if resolved_padding(opts.padding, height, width) == "same" else 0
 
     def block(c_in: int, c_out: int) -> list[nn.Module]:
         return [
@@ -46,6 +50,13 @@ def simple_cnn(opts: SimpleCNNOptions, input_shape: tuple[int, ...], num_classes
     with torch.no_grad():
         flat = features(torch.zeros(1, channels, height, width)).shape[1]
     return nn.Sequential(features, nn.Linear(flat, opts.hidden), nn.ReLU(), nn.Linear(opts.hidden, num_classes))
+
+
+def resolved_padding(padding: str, height: int, width: int) -> str:
+    """``auto`` as ``paper`` or ``same`` for an input of ``height`` × ``width`` px."""
+    if padding != "auto":
+        return padding
+    return "paper" if min(height, width) >= MIN_PAPER_PX else "same"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

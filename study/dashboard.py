@@ -1,0 +1,27 @@
+"""``fishtune dashboard NAME``: optuna-dashboard (the ``dashboard`` extra) on the study's
+persistent Optuna storage ``runs/<study>/optuna.db``, where the searcher records every trial."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from study.store import StudyStore
+from trainables.schema import ConfigError
+
+INSTALL_HINT = "pip install 'fishtune[dashboard]'"
+
+
+def serve(store: StudyStore, host: str, port: int) -> None:
+    """Serve until interrupted. A missing extra or storage is one sentence (exit 2), checked
+    before Optuna is imported; opening a mistyped path would create an empty database."""
+    if importlib.util.find_spec("optuna_dashboard") is None:
+        raise ConfigError(f"fishtune dashboard needs optuna-dashboard, which is not installed: {INSTALL_HINT}")
+    if not store.optuna_path.is_file():
+        raise ConfigError(
+            f"study {store.name!r}: no Optuna storage at {store.optuna_path}; "
+            "run the study first or pass --storage DIR where it was run"
+        )
+    from optuna_dashboard import run_server
+
+    print(f"optuna-dashboard for {store.optuna_url} on http://{host}:{port}", flush=True)
+    run_server(store.optuna_url, host=host, port=port)
