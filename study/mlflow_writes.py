@@ -9,6 +9,7 @@ retries and keeping writes on disk are :mod:`study.write_queue`'s.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,10 +20,15 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from study.mlflow_study import MAX_PARAMS_PER_BATCH, OUTCOME, ROLE, TRIAL_ID
+from study.mlflow_dataset import dataset_record
+from study.mlflow_study import MAX_PARAMS_PER_BATCH, OUTCOME, ROLE, TRIAL_ID, run_name, system_tags
+from study.mlflow_summary import trial_runs, write_summary
+from trainables.config import DataConfig
 from trainables.report import Outcome, step_metrics
+from trainables.schema import ConfigError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # MLflow error codes that retrying cannot fix (the request itself is refused, e.g. a param
 # logged again with another value, or a run deleted by hand); anything else counts as an outage.
@@ -36,16 +42,20 @@ class Write:
     """One store call for one trial's child run, queued until it succeeds.
 
     ``kind``: ``batch`` (one ``log_batch`` of params, metrics and tags), ``status`` (mark the run
-    RUNNING) or ``close`` (snapshot ``curves.parquet``, then terminate the run with ``status``).
-    Each is safe to repeat after a failure that left it half done.
+    RUNNING), ``inputs`` (log the data set of the trial's ``data`` config as the run's dataset
+    input; described here, off Tune's event loop, as it may read the data set), ``close`` (snapshot
+    ``curves.parquet``, then terminate the run with ``status``) or ``summary`` (rewrite the
+    study's summary on the parent run, ``study.mlflow_summary``). Each is safe to repeat after a
+    failure that left it half done.
     """
 
     trial_id: str
-    kind: Literal["batch", "status", "close"]
+    kind: Literal["batch", "status", "inputs", "close", "summary"]
     params: list[Param] = field(default_factory=list)
     metrics: list[Metric] = field(default_factory=list)
     tags: list[RunTag] = field(default_factory=list)
     status: str = ""
+    data: dict[str, Any] = field(default_factory=dict)  # the trial's data.* config, for ``inputs``
 
     def describe(self) -> str:
         keys = sorted({m.key for m in self.metrics} | {p.key for p in self.params} | {t.key for t in self.tags})
@@ -59,6 +69,7 @@ class Write:
             "metrics": [[m.key, m.value, m.timestamp, m.step] for m in self.metrics],
             "tags": [[t.key, t.value] for t in self.tags],
             "status": self.status,
+            "data": self.data,
         }
 
     @classmethod
@@ -70,6 +81,7 @@ class Write:
             metrics=[Metric(k, v, t, s) for k, v, t, s in d["metrics"]],
             tags=[RunTag(k, v) for k, v in d["tags"]],
             status=d["status"],
+            data=d.get("data", {}),
         )
 
 
@@ -89,16 +101,23 @@ def _chunks(items: Sequence[T], size: int) -> list[list[T]]:
 
 
 class ChildRuns:
-    """The study's child runs in one experiment of the store, one per trial id."""
+    """The study's child runs in one experiment of the store, one per trial id.
+
+    A run created here is named :func:`~study.mlflow_study.run_name`: ``t<n>`` (its place among
+    the study's trial runs, counted in the store once, then here; one writer creates them), then
+    the label the callback gave.
+    """
 
     def __init__(self, client: MlflowClient, experiment: str, parent_run_id: str) -> None:
         self.client = client
         self.experiment = experiment
         self.parent_run_id = parent_run_id
         self._runs: dict[str, str] = {}  # trial id → run id, for runs known to exist
+        self._created: int | None = None  # trial runs in the experiment, once counted
+        self._system_tags = system_tags()  # mlflow.user, mlflow.source.*: given at creation, as MLflow does
 
-    def run_id(self, trial_id: str, run_name: str) -> str:
-        """The trial's child run: found by its ``fishtune.trial_id`` tag, else created as ``run_name``."""
+    def run_id(self, trial_id: str, label: str) -> str:
+        """The trial's child run: found by its ``fishtune.trial_id`` tag, else created, named after ``label``."""
         if trial_id in self._runs:
             return self._runs[trial_id]
         found = self.client.search_runs(
@@ -106,27 +125,43 @@ class ChildRuns:
         )
         if found:
             run_id = found[0].info.run_id
+            self._created = None  # maybe created by a request that seemed to fail: count again
         else:
             tags = {
                 ROLE: "trial",
                 TRIAL_ID: trial_id,
                 OUTCOME: Outcome.RUNNING.value,
                 "mlflow.parentRunId": self.parent_run_id,
+                **self._system_tags,
             }
-            run_id = self.client.create_run(self.experiment, run_name=run_name, tags=tags).info.run_id
+            if self._created is None:
+                self._created = len(trial_runs(self.client, self.experiment))
+            name = run_name(self._created + 1, label)
+            run_id = self.client.create_run(self.experiment, run_name=name, tags=tags).info.run_id
+            self._created += 1
         self._runs[trial_id] = run_id
         return run_id
 
-    def apply(self, write: Write, run_name: str) -> None:
+    def apply(self, write: Write, label: str) -> None:
         """Store ``write``; raises what the client raises."""
         # synchronous=True: with MLFLOW_ENABLE_ASYNC_LOGGING set, log_batch would return at once
         # and MLflow's own thread would drop a batch the store fails, counted here as stored.
-        run_id = self.run_id(write.trial_id, run_name)
+        if write.kind == "summary":
+            write_summary(self.client, self.experiment, self.parent_run_id)
+            return
+        run_id = self.run_id(write.trial_id, label)
         if write.kind == "batch":
             self.client.log_batch(run_id, metrics=write.metrics, params=write.params, tags=write.tags, synchronous=True)
         elif write.kind == "status":
             self.client.log_batch(run_id, tags=write.tags, synchronous=True)
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        elif write.kind == "inputs":
+            try:
+                dataset = dataset_record(DataConfig(**write.data)).to_input()
+            except ConfigError as exc:  # the data set went away since the launch checked it: not the store's fault
+                log.error("trial %s: its data set is not logged as a dataset input: %s", write.trial_id, exc)
+                return
+            self.client.log_inputs(run_id, datasets=[dataset])
         else:
             self._log_curves(run_id)
             self.client.set_terminated(run_id, status=write.status)

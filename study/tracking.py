@@ -11,6 +11,7 @@ end of the launch is kept on disk for the next launch. The user is told each tim
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,10 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from study.mlflow_study import OUTCOME
+from study.mlflow_study import OUTCOME, run_label
 from study.mlflow_writes import Write, batches
 from study.write_queue import REPLAY_WAIT_S, WriteQueue
-from trainables.config import TrialConfig
+from trainables.config import SEEDS_KEY, TRIAL_INDEX_KEY, TrialConfig
 from trainables.report import Outcome, TrialResult, reported_outcome
 
 MAX_ERROR_TAG_CHARS = 5000
@@ -51,6 +52,10 @@ class MlflowTracking(Callback):
     between leaves Tune at the previous checkpoint, and the restarted trial reports that epoch
     again. Held until ``on_checkpoint``, the lost copy is dropped on recovery instead of being
     logged twice.
+
+    A trial's run is named after its searched values (:func:`trial_label`); its points carry the
+    time the trial logged them (``TrialResult.times``); each finished trial rewrites the study's
+    summary on the parent run (a ``summary`` write, after the trial's own).
     """
 
     def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str) -> None:
@@ -80,9 +85,13 @@ class MlflowTracking(Callback):
         if trial.trial_id in self._seen:
             return
         self._seen.add(trial.trial_id)
-        self.writes.name_run(trial.trial_id, str(trial))
-        params = [Param(k, str(v)) for k, v in TrialConfig.from_tune(trial.config).flat().items()]
-        self.writes.put(*batches(trial.trial_id, params=params))
+        self.writes.name_run(trial.trial_id, trial_label(trial))
+        config = TrialConfig.from_tune(trial.config)
+        params = [Param(k, str(v)) for k, v in config.flat().items()]
+        self.writes.put(
+            *batches(trial.trial_id, params=params),
+            Write(trial.trial_id, "inputs", data=dataclasses.asdict(config.data)),
+        )
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._register(trial)
@@ -100,17 +109,19 @@ class MlflowTracking(Callback):
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
         self._register(trial)
-        now = int(time.time() * 1000)
         reported = TrialResult.from_result(result)
+        times = reported.times  # the trial's clock; a point it did not time gets the driver's
+        now = int(time.time() * 1000)
         metrics = [
-            Metric(name, float(value), now, int(step))
+            Metric(name, float(value), times.get(int(step), now), int(step))
             for name, points in reported.curves.items()
             for step, value in points
         ]
         step = reported.step
+        at = times.get(step, max(times.values(), default=now))
         if not reported.repeats_older_values:
-            metrics += [Metric(k, v, now, step) for k, v in reported.metrics.items()]
-        metrics += [Metric(k, float(v), now, step) for k, v in reported.summary.items()]
+            metrics += [Metric(k, v, at, step) for k, v in reported.metrics.items()]
+        metrics += [Metric(k, float(v), at, step) for k, v in reported.summary.items()]
         tags = [
             RunTag("fishtune.node", str(result.get("node_ip", ""))),  # Ray's key
             RunTag("fishtune.node_id", reported.placement.node_id),
@@ -141,7 +152,16 @@ class MlflowTracking(Callback):
             tags.append(RunTag("fishtune.error", error_summary(trial)[-MAX_ERROR_TAG_CHARS:]))
         status = RunStatus.FAILED if outcome is Outcome.FAILED else RunStatus.FINISHED
         close = Write(trial.trial_id, "close", status=RunStatus.to_string(status))
-        self.writes.put(*held, Write(trial.trial_id, "batch", tags=tags), close)
+        summary = Write(trial.trial_id, "summary")
+        self.writes.put(*held, Write(trial.trial_id, "batch", tags=tags), close, summary)
+
+
+def trial_label(trial: Trial) -> str:
+    """The trial's searched values (``lr=0.0185 coef=2.4e-4``), and its seed when seeds are replicated."""
+    searched = {k: v for k, v in trial.evaluated_params.items() if k != TRIAL_INDEX_KEY}
+    if SEEDS_KEY in trial.config:
+        searched["train.seed"] = TrialConfig.from_tune(trial.config).train.seed
+    return run_label(searched)
 
 
 def error_summary(trial: Trial) -> str:

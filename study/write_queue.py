@@ -59,7 +59,7 @@ class WriteQueue:
         self.refused = 0  # writes the store refused for good (logged, dropped)
         self._client = client
         self._pending: deque[Write] = deque()  # the head is the write being stored
-        self._names: dict[str, str] = {}  # trial id → run name, to create the run when the store allows
+        self._names: dict[str, str] = {}  # trial id → run label, to create the run when the store allows
         self._start_sync()
 
     def _start_sync(self) -> None:
@@ -90,7 +90,7 @@ class WriteQueue:
             return list(self._pending)
 
     def name_run(self, trial_id: str, name: str) -> None:
-        """The name the trial's child run gets if the writer has to create it."""
+        """The label (searched values) the trial's child run is named after if the writer has to create it."""
         with self._cond:
             self._names.setdefault(trial_id, name)
 
@@ -179,9 +179,9 @@ class WriteQueue:
         """The writer thread: store the head of the queue until stopped."""
         runs = ChildRuns(self._client or MlflowClient(self.tracking_uri), self.experiment, self.parent_run_id)
         while (head := self._next()) is not None:
-            write, run_name = head
+            write, label = head
             try:
-                runs.apply(write, run_name)
+                runs.apply(write, label)
             except MlflowException as exc:
                 if exc.error_code not in REFUSED_FOR_GOOD:
                     self._unreachable(exc)
@@ -194,7 +194,7 @@ class WriteQueue:
                 self._done(refused=False)
 
     def _next(self) -> tuple[Write, str] | None:
-        """The head of the queue and its run's name, once there is one; None once stopped."""
+        """The head of the queue and its run's label, once there is one; None once stopped."""
         with self._cond:
             self._cond.wait_for(lambda: self._pending or self._stopped)
             if self._stopped:

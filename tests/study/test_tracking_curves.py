@@ -19,6 +19,7 @@ class FakeTrial:
 
     def __init__(self, trial_id: str, config: dict[str, Any], last_result: dict[str, Any]) -> None:
         self.trial_id, self.config, self.last_result = trial_id, config, last_result
+        self.evaluated_params: dict[str, Any] = {}
 
     def __str__(self) -> str:
         return self.trial_id

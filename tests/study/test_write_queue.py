@@ -124,7 +124,7 @@ def test_every_write_lands_once_and_in_order(store: Store, queues: Callable[...,
     queue.put(*a_trial("t1"))
     assert queue.drain(timeout_s=30) == 0 and queue.pending == [] and queue.refused == 0
     assert_trial_stored_once(uri, exp, "t1")
-    assert child(uri, exp, "t1").info.run_name == "trial one"
+    assert child(uri, exp, "t1").info.run_name == "t001 trial one"  # numbered in the study, then labelled
 
 
 def test_a_write_refused_for_good_is_dropped_and_does_not_hold_back_the_rest(
@@ -220,7 +220,7 @@ def test_a_black_holed_store_neither_blocks_put_nor_loses_a_write(
     back = queues(uri, exp, parent)
     assert back.replay(kept) == 0 and not kept.exists()
     assert_trial_stored_once(uri, exp, "t1")
-    assert child(uri, exp, "t1").info.run_name == "trial one"
+    assert child(uri, exp, "t1").info.run_name == "t001 trial one"  # numbered in the study, then labelled
 
 
 def test_spilled_writes_survive_a_failed_replay_and_land_later(
@@ -246,7 +246,7 @@ def test_spilled_writes_survive_a_failed_replay_and_land_later(
 
     assert queues(uri, exp, parent).replay(kept) == 0 and not kept.exists()
     assert_trial_stored_once(uri, exp, "t1")
-    assert child(uri, exp, "t1").info.run_name == "trial one"
+    assert child(uri, exp, "t1").info.run_name == "t001 trial one"  # numbered in the study, then labelled
 
 
 def test_a_queue_pickles_with_its_writes_and_without_its_thread(
