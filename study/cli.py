@@ -243,15 +243,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise ConfigError(f"--smooth-epochs: must be > 0, got {args.smooth_epochs}")
     uri = _tracking_uri(args, None if args.tracking_uri else args.name)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per trial otherwise
-    from analysis.markdown import headline
+    from analysis.markdown import headline, primary_line
     from analysis.report import analyze
     from analysis.store import StudyNotFound
+    from study.mlflow_summary import write_primary
 
     out = Path(args.out) if args.out else Path("reports") / args.name
     try:
         report = analyze(uri, args.name, out, args.epsilon, args.smooth_epochs)
     except (StudyNotFound, LookupError) as exc:
         raise ConfigError(str(exc)) from None
+    write_primary(uri, args.name, report["primary"], primary_line(report))
     print(
         f"study {args.name}: {report['n_trials']} trials, {report['n_used']} completed, excluded {report['excluded']}"
     )
@@ -265,7 +267,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     uri = _tracking_uri(args, args.name)
-    print(f"MLflow UI for {uri} on http://{args.host}:{args.port}", flush=True)
+    local = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # all interfaces: this machine is one
+    base = f"http://{local}:{args.port}"
+    print(f"MLflow UI for {uri} on {base}", flush=True)
+    if args.name:
+        from mlflow.tracking import MlflowClient
+
+        from study.mlflow_study import experiment_url
+
+        exp = MlflowClient(uri).get_experiment_by_name(args.name)
+        if exp is None:
+            raise ConfigError(f"study {args.name!r}: no such MLflow experiment in {uri}")
+        print(f"study {args.name}: {experiment_url(base, exp.experiment_id)}", flush=True)
     command = [
         sys.executable,
         "-m",
