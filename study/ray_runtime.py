@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,16 @@ log = logging.getLogger(__name__)
 
 WORKER_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 WORKER_RUNTIME_ENV: dict[str, Any] = {"env_vars": WORKER_ENV}
-# Ray 2.60 waits 30 s for the GCS to publish its port and ~20 s for it to answer; this raises
-# both (a user's own value wins). The raylet's 30 s to register is fixed in Ray's node.py: a
-# start that runs out of it is what the second attempt is for.
-START_WAIT_ENV = {"RAY_gcs_server_port_wait_time_s": "120"}
+# Ray 2.60 waits 30 s for the GCS to publish its port and ~20 s for it to answer, and the
+# raylet 30 s for its runtime-env agent to answer; this raises them (a user's own value wins).
+# The raylet's wait for the agents' port files cannot be raised: agent_ports_given() skips it.
+# The raylet's 30 s to register is fixed in Ray's node.py: a start that runs out of it is what
+# the second attempt is for.
+START_WAIT_ENV = {"RAY_gcs_server_port_wait_time_s": "120", "RAY_agent_register_timeout_ms": "120000"}
 START_ATTEMPTS = 2
+# The ports of the agents the raylet starts, given up front (see agent_ports_given); ray.init
+# takes only the metrics export port (``_metrics_export_port``).
+AGENT_PORTS = ("metrics_agent_port", "runtime_env_agent_port", "dashboard_agent_listen_port")
 
 
 class RayStartFailed(CannotGoOn):
@@ -72,10 +78,68 @@ def start_local() -> None:
         os.environ.setdefault(key, value)
 
     def start() -> None:
-        # "local": a new Ray even where `ray start` left an address behind (ray.init() would join it)
-        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", **_init_kwargs())
+        metrics_export_port, *agent_ports = free_ports(1 + len(AGENT_PORTS))
+        with agent_ports_given(dict(zip(AGENT_PORTS, agent_ports, strict=True))):
+            # "local": a new Ray even where `ray start` left an address behind (ray.init() would join it)
+            ray.init(
+                address="local",
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                _metrics_export_port=metrics_export_port,
+                **_init_kwargs(),
+            )
 
     start_with_retry(start, abandon_partial_start)
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports that are free now (another process may still take one before
+    Ray binds it: the agent then fails to start, and so does this attempt)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("", 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
+@contextlib.contextmanager
+def agent_ports_given(ports: dict[str, int]) -> Iterator[None]:
+    """While a local ``ray.init`` runs, give the agents of the node it starts their ports.
+
+    Ray 2.60's raylet waits a fixed time (not configurable) for each agent it starts (dashboard
+    agent, runtime-env agent) to write its port file, then aborts (``node_manager.cc``,
+    WaitForDashboardAgentPorts; ray-project/ray#65983): on a loaded machine the agent's start
+    outlasts that wait, and ``ray.init`` reports "The current node timed out during startup".
+    The raylet does not wait for a port it is given on its command line; ``ray.init`` exposes
+    none of them, so they are set on the ``RayParams`` it hands to ``Node``. The dashboard
+    agent's HTTP port is not on the raylet's command line at all: its port file is written
+    before the raylet starts (the agent writes it again once it listens).
+    Ray 2.60 internals, kept to this function: ``Node.__init__(ray_params, ...)``,
+    ``Node.start_raylet``, ``Node._session_dir``/``_node_id`` and ``ray._raylet.persist_port``.
+    """
+    from ray._private.node import Node
+    from ray._raylet import DASHBOARD_AGENT_LISTEN_PORT_NAME, persist_port  # type: ignore[attr-defined]
+
+    original_init, original_start_raylet = Node.__init__, Node.start_raylet
+
+    def init(self: Node, ray_params: Any, *args: Any, **kwargs: Any) -> None:
+        for name, port in ports.items():
+            setattr(ray_params, name, port)
+        original_init(self, ray_params, *args, **kwargs)
+
+    def start_raylet(self: Node, *args: Any, **kwargs: Any) -> None:
+        listen_port = ports.get("dashboard_agent_listen_port")
+        if listen_port is not None:
+            persist_port(self._session_dir, self._node_id, DASHBOARD_AGENT_LISTEN_PORT_NAME, listen_port)
+        original_start_raylet(self, *args, **kwargs)
+
+    Node.__init__ = init  # type: ignore[method-assign]
+    Node.start_raylet = start_raylet  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Node.__init__ = original_init  # type: ignore[method-assign]
+        Node.start_raylet = original_start_raylet  # type: ignore[method-assign]
 
 
 def start_with_retry(

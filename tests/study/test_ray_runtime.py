@@ -3,12 +3,17 @@ attempt started, and one line if it still fails. Ray itself is faked: nothing is
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import ray
 from ray._private.node import Node
+from ray._private.parameter import RayParams
 
 from study import ray_runtime
 from study.cli import main
@@ -118,3 +123,59 @@ def test_run_on_a_machine_too_busy_for_ray_exits_1_with_one_line(
     assert last.startswith("fishtune: a local Ray did not start in 2 attempt(s)") and "timed out" in last
     assert "Traceback" not in err
     assert not (tmp_path / "st").exists() and not db.exists()  # nothing written
+
+
+def test_the_agents_get_their_ports_before_the_node_starts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: list[RayParams] = []
+    monkeypatch.setattr(Node, "__init__", lambda self, ray_params, **kw: seen.append(ray_params))
+    monkeypatch.setattr(Node, "start_raylet", lambda self, *a, **kw: seen.append(self))
+    given = dict(zip(ray_runtime.AGENT_PORTS, ray_runtime.free_ports(3), strict=True))
+    assert len(set(given.values())) == 3
+    params = RayParams()
+    node = Node.__new__(Node)
+    node._session_dir, node._node_id = str(tmp_path), "ab" * 28
+    with ray_runtime.agent_ports_given(given):
+        node.__init__(params, head=True)  # type: ignore[misc]
+        node.start_raylet("plasma", "fallback", 1)
+    assert seen == [params, node]
+    assert {name: getattr(params, name) for name in ray_runtime.AGENT_PORTS} == given
+    # the raylet finds the dashboard agent's HTTP port without waiting for the agent
+    (port_file,) = tmp_path.iterdir()
+    assert port_file.name == f"dashboard_agent_listen_port_{'ab' * 28}"
+    assert str(given["dashboard_agent_listen_port"]) in port_file.read_text()
+    Node.__new__(Node).__init__(RayParams(), head=True)  # afterwards: Node as it was
+    assert seen[-1].metrics_agent_port is None
+
+
+@pytest.mark.ray
+def test_local_ray_starts_though_its_agents_start_slower_than_the_raylet_waits(tmp_path: Path) -> None:
+    """Real Ray: both agents start 40 s late, beyond the raylet's fixed wait for their port files
+    (what a loaded machine does to them); the start still succeeds, at the first attempt."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "faults_slow_ray_agents"),
+        "FISHTUNE_TEST_SLOW_AGENT_S": "40",
+    }
+    script = (
+        "import logging, ray\n"
+        "from study.ray_runtime import ray_session\n"
+        "logging.basicConfig()\n"
+        "with ray_session(None):\n"
+        "    print('task', ray.get(ray.remote(lambda: 7).remote()))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the Ray it started, if it did not stop it
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out
+    assert "task 7" in out and "trying once more" not in out
