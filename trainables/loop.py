@@ -33,10 +33,11 @@ from torch import nn
 
 from trainables import data as datasets
 from trainables import report as names
-from trainables.config import LogSchedule, TrialConfig
+from trainables.config import TrialConfig
 from trainables.early import Curve, early_fisher_trace, fisher_peak
 from trainables.evaluation import epoch_metrics, evaluate, finite_model
 from trainables.fisher import fisher_spectrum, fisher_trace, trace_estimate
+from trainables.fisher_config import LogSchedule
 from trainables.models import build_model
 from trainables.penalties import Penalty, make_penalty
 from trainables.report import EpochReport, Outcome

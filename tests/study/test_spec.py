@@ -43,7 +43,7 @@ BAD: list[tuple[str, str, str]] = [
     ("recompute zero", GOOD + "penalty: {kind: fisher, coef: 0.1, recompute_every: 0}\n", "penalty.recompute_every"),
     ("unknown model", GOOD.replace("name: mlp", "name: resnet9000"), "model.name: unknown model"),
     ("unknown model option", GOOD.replace("{name: mlp}", "{name: mlp, padding: same}"), "model.padding: unknown key"),
-    ("paper padding on 8 px", GOOD.replace("{name: mlp}", "{name: simple_cnn}"), "16 px"),
+    ("paper padding on 8 px", GOOD.replace("{name: mlp}", "{name: simple_cnn, padding: paper}"), "16 px"),
     ("unknown dataset", GOOD + "data: {name: imagenet22k}\n", "data.name: unknown data set"),
     ("val fraction 1", GOOD + "data: {val_fraction: 1.0}\n", "data.val_fraction"),
     ("label noise 1", GOOD + "data: {label_noise: 1.0}\n", "data.label_noise"),

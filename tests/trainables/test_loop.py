@@ -102,7 +102,7 @@ def test_collapse_epoch_is_configurable() -> None:
 
 
 def test_budgeted_schedule_spreads_the_affordable_points_over_the_dense_window() -> None:
-    from trainables.config import LogSchedule, ScheduleConfig
+    from trainables.fisher_config import LogSchedule, ScheduleConfig
 
     # 10 epochs × 40 steps = 400 steps, plus 11 points (step 0, epoch ends) of 4 steps each:
     # 444 steps; 10 % of them buys 44.4 / 4 = 11.1 more points, spread over the dense window of
@@ -120,7 +120,7 @@ def test_budgeted_schedule_spreads_the_affordable_points_over_the_dense_window()
 
 
 def test_point_cost_counts_a_forward_and_one_row_per_label_set() -> None:
-    from trainables.config import FORWARD_COST, ROW_COST, FisherConfig
+    from trainables.fisher_config import FORWARD_COST, ROW_COST, FisherConfig
 
     per_example = {"exact": 10, "empirical": 11}
     for labels, rows in per_example.items():
