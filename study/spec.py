@@ -17,6 +17,7 @@ import yaml
 
 from study.spec_core import NAME_PATTERN, Tracking
 from trainables.config import TrialConfig
+from trainables.report import OBJECTIVES, VAL_ACCURACY
 from trainables.schema import ConfigError, check, merge, parse, require, unflatten
 
 MIN_CPU = 1e-4  # Ray's resource granularity: smaller fractions are refused
@@ -90,9 +91,12 @@ class SearchSpec:
     seed: int = 0
     num_samples: int = 12
     max_concurrent: int = 2
-    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    metric: str = VAL_ACCURACY
     mode: Literal["min", "max"] = "max"
     scheduler: AshaConfig | None = None
+
+    def __post_init__(self) -> None:
+        require(self.metric in OBJECTIVES, "search.metric", f"one of {list(OBJECTIVES)}", self.metric)
 
     @property
     def seeds(self) -> tuple[int, ...] | None:

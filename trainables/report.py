@@ -30,6 +30,7 @@ class Outcome(StrEnum):
 VAL_ACCURACY, VAL_LOSS = "val_accuracy", "val_loss"
 TEST_ACCURACY, TEST_LOSS = "test_accuracy", "test_loss"
 EPOCH_METRICS = (VAL_ACCURACY, VAL_LOSS, TEST_ACCURACY, TEST_LOSS)
+OBJECTIVES = (VAL_ACCURACY, VAL_LOSS)  # what a study may optimise (search.metric): never a test metric
 
 # Step-level curves, logged at the steps of the Tr(F) schedule.
 EPOCH = "epoch"  # fractional epoch in the curves; epochs completed as a report key
