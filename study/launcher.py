@@ -19,6 +19,7 @@ from ray import tune
 from study import exit_codes
 from study.cluster import check_resources, check_results_shared
 from study.exit_codes import LaunchEnd, Outcome, launch_outcome
+from study.lost_trials import retire_lost_runs, saved_trial_ids
 from study.mlflow_parent import (
     check_reachable,
     close_parent,
@@ -121,6 +122,7 @@ def resume_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) ->
             raise ConfigError(f"study {spec.name!r}: no Tune experiment state at {path} to resume")
         client, exp, parent = open_parent_run(spec)
         replay_unwritten(spec, store, client, exp, parent)
+        retire_lost_runs(client, exp, parent, saved_trial_ids(path))
         log.info("study %s: resuming %s from %s", spec.name, launch.experiment, path)
         tuner = restore_tuner(spec, path)
         trackers = [cb for cb in restored_callbacks(tuner) if isinstance(cb, MlflowTracking)]
