@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 import pytest
 import yaml
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from study.cli import main
@@ -104,14 +105,27 @@ def test_seed_replicated_study_resumes_after_sigint_with_every_seed_once(
     assert_curves_unchanged_by_repeats(mlflow_uri, runs)
 
 
-@pytest.mark.parametrize("seeded", [False, True], ids=["plain", "seeds"])
+def trial_started(run: Any) -> bool:
+    return run.info.status == "RUNNING"
+
+
+def third_epoch_logged(run: Any) -> bool:
+    return run.info.status == "RUNNING" and run.data.metrics.get("epoch") == 3
+
+
+@pytest.mark.parametrize(
+    ("seeded", "kill_when"),
+    [(False, trial_started), (True, third_epoch_logged)],
+    ids=["trial-not-saved", "seeds-checkpoint-not-saved"],
+)
 def test_killed_driver_resumes_without_duplicate_runs_or_changed_curves(
-    ray_session: None, mlflow_uri: str, storage: Path, tmp_path: Path, seeded: bool
+    ray_session: None, mlflow_uri: str, storage: Path, tmp_path: Path, seeded: bool, kill_when: Any
 ) -> None:
-    """SIGKILL of `fishtune run` once two trials ended and a third logged an epoch to MLflow.
-    Tune's periodic save is put off (only the saves Tune forces every second checkpoint of a
-    trial remain), so its state is older than Optuna's and MLflow's for certain: the third trial
-    is not in it."""
+    """SIGKILL of `fishtune run` once two trials ended and the next one got as far as
+    ``kill_when``. Tune's periodic save is put off (only the saves Tune forces every second
+    checkpoint of a trial remain), so its state is older than Optuna's and MLflow's for certain:
+    without the third trial (started, no checkpoint yet), or with the running trial's second
+    checkpoint where MLflow has its third epoch (it is run again from epoch 2)."""
     name = f"resume-killed-{'seeds' if seeded else 'plain'}"
     space: dict[str, Any] = {"train.lr": {"grid": [0.02, 0.05, 0.03]}}
     if seeded:
@@ -123,7 +137,7 @@ def test_killed_driver_resumes_without_duplicate_runs_or_changed_curves(
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "100000"}
     proc, head = run_until(command(spec, storage, mlflow_uri), tmp_path, "[2/", env)
     deadline = time.monotonic() + 120
-    while not [r for r in children(mlflow_uri, name) if r.info.status == "RUNNING" and "epoch" in r.data.metrics]:
+    while not [r for r in children(mlflow_uri, name) if kill_when(r)]:
         assert time.monotonic() < deadline and proc.poll() is None, head
         time.sleep(0.2)
     proc.kill()
@@ -145,3 +159,8 @@ def test_killed_driver_resumes_without_duplicate_runs_or_changed_curves(
     assert {i for t in trials for i in t.user_attrs[RAY_TRIAL_IDS]} == ids
     assert_curves_unchanged_by_repeats(mlflow_uri, runs)
     assert StudyStore(storage, name).launches()[-1].finished is True
+    if kill_when is trial_started:  # the unsaved trial's run: retired, not left beside its rerun
+        client = MlflowClient(mlflow_uri)
+        exp = client.get_experiment_by_name(name).experiment_id
+        (lost,) = client.search_runs([exp], run_view_type=ViewType.DELETED_ONLY)
+        assert lost.data.tags["fishtune.outcome"] == "lost" and lost.info.status == "KILLED"
