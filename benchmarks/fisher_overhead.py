@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from trainables.fisher import per_example_sq_grad_norms, sample_labels
+from trainables.fisher import fisher_spectrum, per_example_sq_grad_norms, sample_labels
 from trainables.models import ResNetOptions, SimpleCNNOptions, resnet, simple_cnn
 from trainables.penalties import make_penalty
 
@@ -196,6 +196,8 @@ def measure(
     probe = copy.deepcopy(model).eval()  # Tr(F) is measured in eval mode; the SGD step trains
     methods: dict[str, Callable[[], object] | str] = {
         "fishtune per_example_sq_grad_norms": lambda: per_example_sq_grad_norms(probe, x, labels),
+        "fishtune fisher_spectrum, k = 1 (and Tr(F))": lambda: fisher_spectrum(probe, x, 1, labels=labels),
+        "fishtune fisher_spectrum, k = 5 (and Tr(F))": lambda: fisher_spectrum(probe, x, 5, labels=labels),
         "per-example autograd loop": lambda: loop_norms(probe, x, labels),
         "torch.func vmap(grad)": lambda: vmap_norms(probe, x, labels),
     }
