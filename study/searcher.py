@@ -163,6 +163,8 @@ class OutcomeRepeater(Repeater):
     searcher is told, the Optuna trial gets every replica's Ray trial id, seed and objective.
     """
 
+    seeds: list[int] | None = None  # unknown in a state pickled before it was kept (resumed after an upgrade)
+
     def __init__(self, searcher: FishtuneOptunaSearch, seeds: tuple[int, ...]) -> None:
         super().__init__(searcher, repeat=len(seeds), set_index=True)
         self.seeds = list(seeds)
@@ -186,7 +188,9 @@ class OutcomeRepeater(Repeater):
         assert isinstance(searcher, FishtuneOptunaSearch)
         scores = [None if np.isnan(s) else float(s) for s in group.scores()]
         # Ray's _TrialGroup keeps its trials in replica (seed) order; it has no public accessor.
-        replicas = {RAY_TRIAL_IDS: list(group._trials), SEEDS: self.seeds, SEED_VALUES: scores}
+        replicas: dict[str, Any] = {RAY_TRIAL_IDS: list(group._trials), SEED_VALUES: scores}
+        if self.seeds is not None:
+            replicas[SEEDS] = self.seeds
         searcher.set_user_attrs(group.primary_trial_id, replicas)  # False: already told, see below
         if Outcome.FAILED in outcomes:
             searcher.on_trial_complete(group.primary_trial_id, result=None, error=True)

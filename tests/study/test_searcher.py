@@ -198,3 +198,18 @@ def test_resume_of_replicas_from_an_older_state_runs_every_configuration_once(tm
     assert [t.value for t in trials] == [pytest.approx(0.7), pytest.approx(0.4)]
     assert {t.params["train.lr"] for t in trials} == {first[0]["train.lr"], second}
     assert trials[1].user_attrs[RAY_TRIAL_IDS] == ["d", "e"]
+
+
+def test_replicas_restored_from_a_state_without_seeds_still_report(tmp_path: Path) -> None:
+    """Tune unpickles the searcher on resume: a state saved before the seeds were kept lacks them."""
+    spec = parse_spec(yaml.safe_load(SEEDED))
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = build_searcher(spec.search, "s", url)
+    searcher.set_search_properties("val_accuracy", "max", {})
+    del searcher.__dict__["seeds"]
+    searcher.suggest("a"), searcher.suggest("b")
+    searcher.on_trial_complete("a", done(0.8))
+    searcher.on_trial_complete("b", done(0.6))
+    (trial,) = optuna.load_study(study_name="s", storage=url).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and SEEDS not in trial.user_attrs
+    assert trial.user_attrs[SEED_VALUES] == [0.8, 0.6]
