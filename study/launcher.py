@@ -35,6 +35,7 @@ from study.ray_runtime import ray_session
 from study.spec import StudySpec
 from study.status import summary_text
 from study.store import Launch, StudyStore
+from study.store_tables import ensure_tables
 from study.tracking import MlflowTracking
 from study.tuning import build_tuner, restore_tuner, restored_callbacks
 from trainables.data import ensure_available
@@ -76,6 +77,7 @@ def start_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) -> 
         results = options.results or store.default_results
         if options.address is not None:
             check_results_shared(results)
+        ensure_tables(spec.tracking.uri)
         client, exp, parent = open_parent_run(spec)  # MLflow is written only once every check passed
         replay_unwritten(spec, store, client, exp, parent)
         store.save_spec(spec)
@@ -120,6 +122,7 @@ def resume_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) ->
             check_results_shared(launch.results)
         if not tune.Tuner.can_restore(path):
             raise ConfigError(f"study {spec.name!r}: no Tune experiment state at {path} to resume")
+        ensure_tables(spec.tracking.uri)
         client, exp, parent = open_parent_run(spec)
         replay_unwritten(spec, store, client, exp, parent)
         retire_lost_runs(client, exp, parent, saved_trial_ids(path))
