@@ -34,11 +34,13 @@ import torch.nn.functional as F
 import yaml
 
 from analysis.measures import smoothed_peak
-from trainables import loop
+from trainables import loop, trial
 from trainables.config import TrialConfig
 from trainables.fisher import fisher_trace
-from trainables.loop import EpochReport, probe_indices, train
+from trainables.loop import train
+from trainables.report import EpochReport
 from trainables.schema import unflatten
+from trainables.trial import probe_indices
 
 DEFAULT_STUDY = Path(__file__).resolve().parents[1] / "studies" / "digits-quick.yaml"
 
@@ -67,7 +69,7 @@ def run(cfg: TrialConfig) -> tuple[float, list[EpochReport], float]:
     (measured inside the run: the A/B difference of two runs is at the mercy of the machine)."""
     FISHER_SECONDS.clear()
     start = time.process_time()
-    with mock.patch.object(loop, "fisher_trace", _timed_fisher_trace):
+    with mock.patch.object(trial, "fisher_trace", _timed_fisher_trace):
         reports = list(loop.train(cfg, torch.device("cpu")))
     seconds = time.process_time() - start
     points = len(curve(reports, "fisher_trace"))

@@ -57,9 +57,7 @@ def run(
     return RunResult(outcome, _trials(StudyStore(storage, args.name), tracking_uri))
 
 
-def load(
-    name: str, *, storage: str | Path = ".", tracking_uri: str | None = None, curves: bool = True
-) -> StudyResults:
+def load(name: str, *, storage: str | Path = ".", tracking_uri: str | None = None, curves: bool = True) -> StudyResults:
     """A study's trials table and (unless ``curves=False``) every trial's step-indexed curves."""
     store = StudyStore(storage, name)
     trials = _trials(store, tracking_uri)

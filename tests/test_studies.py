@@ -16,9 +16,9 @@ import torch.nn.functional as F
 
 from study.spec import StudySpec, load_spec
 from trainables.data import dataset_info
-from trainables.loop import seeded_generator
 from trainables.models import build_model
 from trainables.penalties import make_penalty
+from trainables.trial import seeded_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted((ROOT / "studies").glob("*.yaml"))

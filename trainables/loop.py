@@ -12,9 +12,9 @@ Divergence (design.md §4): a non-finite loss or parameter stops the trial at on
 they start to learn; studies of them raise that epoch. The last report of a diverged trial carries the last
 finite objective.
 
-Three parts: :class:`_Trial` is what is built once (data, model, penalty, optimizer, probe,
-schedule), :class:`_Progress` what a checkpoint saves and restores, :func:`_train_epoch` one
-pass over the training split.
+Three parts: :class:`trainables.trial.Trial` is what is built once (data, model, penalty,
+optimizer, probe, schedule) and measures Tr(F), :class:`_Progress` what a checkpoint saves and
+restores, :func:`_train_epoch` one pass over the training split.
 """
 
 from __future__ import annotations
@@ -26,34 +26,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from trainables import data as datasets
 from trainables import report as names
 from trainables.config import TrialConfig
 from trainables.early import Curve, early_fisher_trace, fisher_peak
 from trainables.evaluation import epoch_metrics, evaluate, finite_model
-from trainables.fisher import fisher_spectrum, fisher_trace, trace_estimate
-from trainables.fisher_config import LogSchedule
-from trainables.models import build_model
-from trainables.penalties import Penalty, make_penalty
 from trainables.report import EpochReport, Outcome
+from trainables.trial import Trial, seeded_generator
 
 HISTORY = (names.TRAIN_LOSS, names.FISHER_TRACE, names.EPOCH)  # the curves the summary reads, kept whole
-
-
-def seeded_generator(*key: int) -> torch.Generator:
-    """A CPU generator whose seed is derived from integers (e.g. train.seed, step)."""
-    seed = int(np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0] >> 1)
-    return torch.Generator().manual_seed(seed)
-
-
-def probe_indices(cfg: TrialConfig, n_train: int) -> torch.Tensor:
-    """The fixed Tr(F) probe: ``fisher.samples`` training-split indices drawn once from ``data.seed``."""
-    return torch.randperm(n_train, generator=seeded_generator(cfg.data.seed))[: cfg.fisher.samples]
 
 
 class _Window:
@@ -83,99 +67,6 @@ class _Window:
         }
 
 
-@dataclass(slots=True, kw_only=True)
-class _Trial:
-    """What a trial builds once: data, model, penalty, optimizer, the fixed probe, the schedule."""
-
-    cfg: TrialConfig
-    device: torch.device
-    splits: datasets.Splits
-    num_classes: int
-    model: nn.Module
-    penalty: Penalty
-    optimizer: torch.optim.Optimizer
-    probe_x: torch.Tensor
-    probe_y: torch.Tensor
-    schedule: LogSchedule
-
-    @classmethod
-    def set_up(cls, cfg: TrialConfig, device: torch.device) -> _Trial:
-        torch.manual_seed(cfg.train.seed)
-        splits = cfg.data.load(device)
-        info = datasets.dataset_info(cfg.data.name)
-        model = build_model(cfg.model.name, cfg.model.options, info.input_shape, info.num_classes).to(device)
-        penalty = make_penalty(cfg.penalty.kind, cfg.penalty.coef, cfg.penalty.every).to(device)
-        penalty.prepare(model, splits.train_x[: cfg.train.batch_size])
-        optimizer = torch.optim.SGD(
-            [*model.parameters(), *penalty.parameters()],
-            lr=cfg.train.lr,
-            momentum=cfg.train.momentum,
-            weight_decay=cfg.train.weight_decay,
-        )
-        n_train = len(splits.train_y)
-        probe = probe_indices(cfg, n_train)
-        schedule = LogSchedule.resolve(
-            cfg.fisher.schedule,
-            math.ceil(n_train / cfg.train.batch_size),
-            cfg.train.epochs,
-            cfg.fisher.point_cost(info.num_classes, cfg.train.batch_size),
-        )
-        return cls(
-            cfg=cfg,
-            device=device,
-            splits=splits,
-            num_classes=info.num_classes,
-            model=model,
-            penalty=penalty,
-            optimizer=optimizer,
-            # Un-augmented even with data.augment: Tr(F) is an expectation over the training set
-            # (paper Eq. 1), and a fixed probe keeps the curve comparable with and without augmentation.
-            probe_x=splits.train_x[probe],
-            probe_y=splits.train_y[probe],
-            schedule=schedule,
-        )
-
-    @property
-    def n_train(self) -> int:
-        return len(self.splits.train_y)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(self.n_train / self.cfg.train.batch_size)
-
-    def measure(self, step: int) -> dict[str, float]:
-        fisher, seed = self.cfg.fisher, self.cfg.train.seed
-        out: dict[str, float] = {}
-        if fisher.spectrum is None or fisher.per_layer:
-            est = fisher_trace(
-                self.model,
-                self.probe_x,
-                labels=fisher.trace_labels,
-                generator=seeded_generator(seed, step),
-                label_samples=fisher.draws,
-                per_layer=fisher.per_layer,
-            )
-            out.update({names.layer_metric(path): v for path, v in est.per_layer.items()})
-        if fisher.spectrum is not None:  # the same labels (same generator state), Tr(F) from the same matrix
-            spectrum = fisher_spectrum(
-                self.model,
-                self.probe_x,
-                fisher.spectrum.k,
-                labels=fisher.trace_labels,
-                generator=seeded_generator(seed, step),
-                label_samples=fisher.draws,
-            )
-            est = trace_estimate(spectrum.per_example)
-            lam = spectrum.eigenvalues.tolist()
-            out.update({names.eigenvalue_metric(rank): v for rank, v in enumerate(lam, start=1)})
-            out[names.FISHER_LAMBDA_MAX] = lam[0]
-            out[names.FISHER_LAMBDA_MAX_LR] = lam[0] * self.cfg.train.lr
-        out.update({names.FISHER_TRACE: est.mean, names.FISHER_TRACE_STDERR: est.stderr})
-        if fisher.labels == "empirical":
-            out[names.FISHER_TRACE_EMPIRICAL] = fisher_trace(self.model, self.probe_x, self.probe_y).mean
-        return out
-
-
 @dataclass(slots=True)
 class _Progress:
     """Where the trial is: the part a checkpoint restores, and the curves and window since the
@@ -191,7 +82,7 @@ class _Progress:
     window: _Window = field(default_factory=_Window)
 
     @classmethod
-    def start(cls, trial: _Trial) -> _Progress:
+    def start(cls, trial: Trial) -> _Progress:
         progress = cls()
         progress.log(0, {names.EPOCH: 0.0, **trial.measure(0)})
         before = evaluate(trial.model, trial.splits.val_x, trial.splits.val_y)
@@ -199,14 +90,14 @@ class _Progress:
         return progress
 
     @classmethod
-    def restore(cls, trial: _Trial, state: dict[str, Any]) -> _Progress:
+    def restore(cls, trial: Trial, state: dict[str, Any]) -> _Progress:
         trial.model.load_state_dict(state["model"])
         trial.optimizer.load_state_dict(state["optimizer"])
         trial.penalty.load_state_dict(state["penalty"])
         torch.set_rng_state(state["torch_rng"].cpu())  # the checkpoint may have been mapped to a GPU
         return cls(state["step"], state["epoch"], state["best_test"], state["history"], state["last_objective"])
 
-    def snapshot(self, trial: _Trial) -> dict[str, Any]:
+    def snapshot(self, trial: Trial) -> dict[str, Any]:
         return copy.deepcopy(  # a snapshot: state_dict() tensors are the live parameters
             {
                 "model": trial.model.state_dict(),
@@ -238,7 +129,7 @@ class _Progress:
 
 
 def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None = None) -> Iterator[EpochReport]:
-    trial = _Trial.set_up(cfg, device)
+    trial = Trial.set_up(cfg, device)
     progress = _Progress.start(trial) if state is None else _Progress.restore(trial, state)
     for epoch in range(progress.epoch, cfg.train.epochs):
         reason, train_acc = _train_epoch(trial, progress, epoch)
@@ -256,7 +147,7 @@ def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None =
         yield _epoch_report(trial, progress, metrics)
 
 
-def _train_epoch(trial: _Trial, progress: _Progress, epoch: int) -> tuple[str | None, float]:
+def _train_epoch(trial: Trial, progress: _Progress, epoch: int) -> tuple[str | None, float]:
     """One pass over the training split; returns the divergence reason (if it stopped early)
     and the train accuracy over the epoch (steadier than the last window's)."""
     cfg, model, splits = trial.cfg, trial.model, trial.splits
@@ -292,7 +183,7 @@ def _train_epoch(trial: _Trial, progress: _Progress, epoch: int) -> tuple[str | 
     return None, epoch_correct / trial.n_train
 
 
-def _epoch_report(trial: _Trial, progress: _Progress, metrics: dict[str, float]) -> EpochReport:
+def _epoch_report(trial: Trial, progress: _Progress, metrics: dict[str, float]) -> EpochReport:
     done = progress.epoch == trial.cfg.train.epochs
     return EpochReport(
         epoch=progress.epoch,
@@ -306,7 +197,7 @@ def _epoch_report(trial: _Trial, progress: _Progress, metrics: dict[str, float])
     )
 
 
-def _diverged_report(trial: _Trial, progress: _Progress, epoch: int, reason: str) -> EpochReport:
+def _diverged_report(trial: Trial, progress: _Progress, epoch: int, reason: str) -> EpochReport:
     """The final report of a diverged trial: the last finite objective, no checkpoint."""
     return EpochReport(
         epoch=epoch,

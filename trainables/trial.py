@@ -1,0 +1,123 @@
+"""What a trial builds once — data, model, penalty, optimizer, the fixed Tr(F) probe, the
+schedule — and its Tr(F) measurement at a step (the loop, :mod:`trainables.loop`, runs it)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainables import data as datasets
+from trainables import report as names
+from trainables.config import TrialConfig
+from trainables.fisher import fisher_spectrum, fisher_trace, trace_estimate
+from trainables.fisher_config import LogSchedule
+from trainables.models import build_model
+from trainables.penalties import Penalty, make_penalty
+
+
+def seeded_generator(*key: int) -> torch.Generator:
+    """A CPU generator whose seed is derived from integers (e.g. train.seed, step)."""
+    seed = int(np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def probe_indices(cfg: TrialConfig, n_train: int) -> torch.Tensor:
+    """The fixed Tr(F) probe: ``fisher.samples`` training-split indices drawn once from ``data.seed``."""
+    return torch.randperm(n_train, generator=seeded_generator(cfg.data.seed))[: cfg.fisher.samples]
+
+
+@dataclass(slots=True, kw_only=True)
+class Trial:
+    """What a trial builds once: data, model, penalty, optimizer, the fixed probe, the schedule."""
+
+    cfg: TrialConfig
+    device: torch.device
+    splits: datasets.Splits
+    num_classes: int
+    model: nn.Module
+    penalty: Penalty
+    optimizer: torch.optim.Optimizer
+    probe_x: torch.Tensor
+    probe_y: torch.Tensor
+    schedule: LogSchedule
+
+    @classmethod
+    def set_up(cls, cfg: TrialConfig, device: torch.device) -> Trial:
+        torch.manual_seed(cfg.train.seed)
+        splits = cfg.data.load(device)
+        info = datasets.dataset_info(cfg.data.name)
+        model = build_model(cfg.model.name, cfg.model.options, info.input_shape, info.num_classes).to(device)
+        penalty = make_penalty(cfg.penalty.kind, cfg.penalty.coef, cfg.penalty.every).to(device)
+        penalty.prepare(model, splits.train_x[: cfg.train.batch_size])
+        optimizer = torch.optim.SGD(
+            [*model.parameters(), *penalty.parameters()],
+            lr=cfg.train.lr,
+            momentum=cfg.train.momentum,
+            weight_decay=cfg.train.weight_decay,
+        )
+        n_train = len(splits.train_y)
+        probe = probe_indices(cfg, n_train)
+        schedule = LogSchedule.resolve(
+            cfg.fisher.schedule,
+            math.ceil(n_train / cfg.train.batch_size),
+            cfg.train.epochs,
+            cfg.fisher.point_cost(info.num_classes, cfg.train.batch_size),
+        )
+        return cls(
+            cfg=cfg,
+            device=device,
+            splits=splits,
+            num_classes=info.num_classes,
+            model=model,
+            penalty=penalty,
+            optimizer=optimizer,
+            # Un-augmented even with data.augment: Tr(F) is an expectation over the training set
+            # (paper Eq. 1), and a fixed probe keeps the curve comparable with and without augmentation.
+            probe_x=splits.train_x[probe],
+            probe_y=splits.train_y[probe],
+            schedule=schedule,
+        )
+
+    @property
+    def n_train(self) -> int:
+        return len(self.splits.train_y)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n_train / self.cfg.train.batch_size)
+
+    def measure(self, step: int) -> dict[str, float]:
+        fisher, seed = self.cfg.fisher, self.cfg.train.seed
+        out: dict[str, float] = {}
+        if fisher.spectrum is None or fisher.per_layer:
+            est = fisher_trace(
+                self.model,
+                self.probe_x,
+                labels=fisher.trace_labels,
+                generator=seeded_generator(seed, step),
+                label_samples=fisher.draws,
+                per_layer=fisher.per_layer,
+            )
+            out.update({names.layer_metric(path): v for path, v in est.per_layer.items()})
+        if fisher.spectrum is not None:  # the same labels (same generator state), Tr(F) from the same matrix
+            spectrum = fisher_spectrum(
+                self.model,
+                self.probe_x,
+                fisher.spectrum.k,
+                labels=fisher.trace_labels,
+                generator=seeded_generator(seed, step),
+                label_samples=fisher.draws,
+            )
+            est = trace_estimate(spectrum.per_example)
+            lam = spectrum.eigenvalues.tolist()
+            out.update({names.eigenvalue_metric(rank): v for rank, v in enumerate(lam, start=1)})
+            out[names.FISHER_LAMBDA_MAX] = lam[0]
+            out[names.FISHER_LAMBDA_MAX_LR] = lam[0] * self.cfg.train.lr
+        out.update({names.FISHER_TRACE: est.mean, names.FISHER_TRACE_STDERR: est.stderr})
+        if fisher.labels == "empirical":
+            out[names.FISHER_TRACE_EMPIRICAL] = fisher_trace(self.model, self.probe_x, self.probe_y).mean
+        return out
