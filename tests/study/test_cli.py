@@ -16,6 +16,8 @@ from study.cli import main
 from study.exit_codes import OK, Outcome
 from study.options import LaunchOptions
 
+from .helpers import free_port
+
 BAD_GPU = """
 name: gpu-study
 model: {name: mlp}
@@ -84,12 +86,6 @@ def test_ray_client_address_is_refused(tmp_path: Path, capsys: pytest.CaptureFix
     assert "ray job submit" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _own_address() -> str:
     """This machine's outward IPv4 address (a UDP connect sends nothing)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -100,7 +96,7 @@ def _own_address() -> str:
 
 
 def test_ui_serves_the_store_on_localhost(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert main(["ui", "--tracking-uri", uri]) == 2  # no database there yet: nothing is created
     assert not (tmp_path / "mlflow.db").exists()
@@ -137,7 +133,7 @@ def test_unreachable_tracking_server_is_refused_before_anything_starts(
 ) -> None:
     spec = tmp_path / "s.yaml"
     spec.write_text("name: x\nmodel: {name: mlp}\nsearch: {space: {train.lr: {uniform: [0.1, 0.2]}}}\n")
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     assert main(["run", str(spec), "--storage", str(tmp_path / "st"), "--tracking-uri", uri]) == 2
     assert "cannot reach the MLflow server" in capsys.readouterr().err
     assert not (tmp_path / "st").exists()
@@ -234,7 +230,7 @@ def test_mlflow_tracking_uri_is_used_unless_the_flag_is_given(
 
     spec = tmp_path / "s.yaml"
     spec.write_text(GOOD)
-    env_server, flag_server = f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}"
+    env_server, flag_server = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", env_server)
     assert main(["run", str(spec), "--storage", str(tmp_path / "st")]) == 2  # beats the spec's default store
     assert f"cannot reach the MLflow server at {env_server}" in capsys.readouterr().err

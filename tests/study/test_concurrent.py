@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from .test_e2e import children, optuna_trials, tiny_spec
+from .helpers import children, optuna_trials, tiny_spec
 
 pytestmark = pytest.mark.ray
 

@@ -4,7 +4,6 @@ through its HTTP API; without the extra, one sentence."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -18,13 +17,7 @@ from study import dashboard
 from study.cli import main
 from study.store import StudyStore
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .helpers import ROOT, free_port
 
 
 def get(url: str) -> dict:

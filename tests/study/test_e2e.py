@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pandas as pd
@@ -19,37 +18,9 @@ from mlflow.tracking import MlflowClient
 from study.cli import main
 from study.store import StudyStore
 
+from .helpers import ROOT, children, optuna_trials, tiny_spec
+
 pytestmark = pytest.mark.ray
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def tiny_spec(tmp_path: Path, name: str, **search: Any) -> Path:
-    spec = {
-        "name": name,
-        "model": {"name": "mlp", "hidden": 16, "depth": 1},
-        "train": {"epochs": 2, "batch_size": 128},
-        "fisher": {"samples": 16, "schedule": {"dense_until_epoch": 1, "dense_every": 2, "sparse_every": 5}},
-        "penalty": {"kind": "fisher", "coef": 0.01},
-        "search": {
-            "space": {"train.lr": {"loguniform": [0.01, 0.1]}, "penalty.coef": {"loguniform": [0.001, 0.1]}},
-            "num_samples": 4,
-            "max_concurrent": 2,
-            **search,
-        },
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
-
-
-def children(uri: str, study: str) -> list[Any]:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(study)
-    return client.search_runs([exp.experiment_id], filter_string="tags.`fishtune.role` = 'trial'")
-
-
-def optuna_trials(storage: Path, study: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=study, storage=StudyStore(storage, study).optuna_url).trials
 
 
 def test_study_runs_end_to_end_and_follows_the_mlflow_contract(

@@ -26,8 +26,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from .test_e2e import ROOT, children, optuna_trials, tiny_spec
-from .test_tracking_outage import free_port, wait_for
+from .helpers import ROOT, children, free_port, optuna_trials, tiny_spec, wait_for
 
 pytestmark = pytest.mark.ray
 RAY = str(Path(sys.executable).with_name("ray"))

@@ -23,7 +23,7 @@ from study.cli import main
 from study.searcher import MLFLOW_RUN_TAG, OUTCOME_ATTR, RAY_TRIAL_IDS, SEED_VALUES, SEEDS
 from study.store import StudyStore
 
-from .test_e2e import children, optuna_trials, tiny_spec
+from .helpers import children, optuna_trials, tiny_spec
 
 pytestmark = pytest.mark.ray
 CURVES = ("fisher_trace", "train_loss", "val_accuracy", "epoch")

@@ -14,9 +14,8 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -25,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from study.store import StudyStore
 
-from .test_e2e import ROOT, children, tiny_spec
+from .helpers import ROOT, children, free_port, tiny_spec, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -97,20 +96,6 @@ class Forwarder:
     def close(self) -> None:
         self.cut()
         self.listener.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")

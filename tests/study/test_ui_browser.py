@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from study.spec import load_spec
 from study.tracking import MlflowTracking
 from trainables.config import TrialConfig
 from trainables.report import EpochReport, Outcome, Placement
+
+from .helpers import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (apt-get install -y chromium)")
@@ -84,12 +85,6 @@ def write_study(folder: Path) -> str:
     tracking.writes.close()
     MlflowClient(uri).set_terminated(parent)
     return uri
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
