@@ -21,7 +21,7 @@ from analysis.configurations import configuration_keys
 from analysis.inference import MEASURES, inference, primary
 from analysis.markdown import markdown
 from analysis.measures import GRID_EPOCHS, WINDOW_EPOCHS
-from analysis.store import StudyData, load_study
+from analysis.mlflow_reader import StudyData, load_study
 from analysis.table import COEF, LAMBDA_MAX_PEAK, LR, trials_table
 
 MIN_TRIALS = 3

@@ -25,7 +25,7 @@ from analysis.measures import (
     smoothed_early,
     smoothed_peak,
 )
-from analysis.store import StudyData
+from analysis.mlflow_reader import StudyData
 
 LR = "train.lr"
 COEF = "penalty.coef"

@@ -65,7 +65,7 @@ def load(name: str, *, storage: str | Path = ".", tracking_uri: str | None = Non
         return StudyResults(trials, pd.DataFrame(columns=CURVE_COLUMNS))
     from mlflow.tracking import MlflowClient
 
-    from analysis.store import load_study
+    from analysis.mlflow_reader import load_study
 
     data = load_study(MlflowClient(_uri(store, tracking_uri)), name)
     trial_of = dict(zip(data.runs["run_id"], data.runs["trial_id"], strict=True)) if len(data.runs) else {}

@@ -155,8 +155,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     uri = _tracking_uri(args, None if args.tracking_uri else args.name)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per trial otherwise
     from analysis.markdown import headline, primary_line
+    from analysis.mlflow_reader import StudyNotFound
     from analysis.report import analyze
-    from analysis.store import StudyNotFound
     from study.mlflow_summary import write_primary
 
     out = Path(args.out) if args.out else Path("reports") / args.name

@@ -53,10 +53,10 @@ def study_table(uri: str, study: str) -> pd.DataFrame:
         return table_from_runs(*_sqlite_runs(Path(uri.removeprefix("sqlite:///")), study))
     from mlflow.tracking import MlflowClient
 
-    return trials_table(MlflowClient(uri), study)
+    return runs_table(MlflowClient(uri), study)
 
 
-def trials_table(client: MlflowClient, study: str) -> pd.DataFrame:
+def runs_table(client: MlflowClient, study: str) -> pd.DataFrame:
     """One row per child run: trial id, searched params, outcome, epochs, accuracies, Tr(F) peak."""
     return table_from_runs(*_client_runs(client, study))
 
@@ -163,5 +163,5 @@ def render(table: pd.DataFrame, study: str, uri: str, fmt: Format) -> str:
 
 def summary_text(client: MlflowClient, study: str) -> str:
     """The trials table and the outcomes line, as the end of a launch shows them."""
-    table = trials_table(client, study)
+    table = runs_table(client, study)
     return format_table(table) if table.empty else f"{format_table(table)}\n{format_outcomes(table)}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from analysis import names, store
+from analysis import mlflow_reader, names
 from trainables import report
 from trainables.report import Outcome
 
@@ -18,5 +18,5 @@ def test_every_name_the_analysis_reads_is_the_one_the_trainable_reports() -> Non
 
 
 def test_the_curves_read_are_step_metrics_the_driver_stores() -> None:
-    assert set(store.CURVES) <= set(report.CURVE_METRICS) | set(report.EPOCH_METRICS)
-    assert set(report.step_metrics(store.CURVES)) == set(store.CURVES)
+    assert set(mlflow_reader.CURVES) <= set(report.CURVE_METRICS) | set(report.EPOCH_METRICS)
+    assert set(report.step_metrics(mlflow_reader.CURVES)) == set(mlflow_reader.CURVES)

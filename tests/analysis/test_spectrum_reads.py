@@ -10,8 +10,8 @@ import pytest
 
 from analysis import names
 from analysis.inference import inference
+from analysis.mlflow_reader import StudyData
 from analysis.report import build_report, write_report
-from analysis.store import StudyData
 from analysis.table import (
     EARLY_LAMBDA_MAX,
     LAMBDA_MAX_LR_PEAK,

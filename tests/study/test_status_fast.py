@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from study import mlflow_study, run_tags
 from study.cli import main
-from study.status import study_table, trials_table
+from study.status import runs_table, study_table
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,7 +70,7 @@ def test_the_sqlite_reader_gives_the_clients_table(store: str) -> None:
         "TrF_peak",
     ]
     assert fast["epochs"].tolist()[:2] == [2, 1]
-    pd.testing.assert_frame_equal(fast, trials_table(MlflowClient(store), "s"))
+    pd.testing.assert_frame_equal(fast, runs_table(MlflowClient(store), "s"))
 
 
 def test_json_and_csv_parse(store: str, capsys: pytest.CaptureFixture[str]) -> None:
