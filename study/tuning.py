@@ -18,6 +18,10 @@ from trainables.train import fishtune_trainable
 # Retries of a trial from its last checkpoint after a lost worker or node, or a transient error
 # (trainables/train.py); preempted nodes do not count, errors in the trial's code are not retried.
 MAX_FAILURES = 3
+# Tune's experiment state can lag a trial by up to two checkpoints (it is forced every second
+# one), and a driver killed then leaves that state behind: the checkpoint it names must still
+# exist when `fishtune resume` restores from it, so three are kept, not two.
+CHECKPOINTS_KEPT = 3
 
 
 def build_tuner(spec: StudySpec, store: StudyStore, launch: Launch, callbacks: list[tune.Callback]) -> tune.Tuner:
@@ -36,7 +40,7 @@ def build_tuner(spec: StudySpec, store: StudyStore, launch: Launch, callbacks: l
             name=launch.experiment,
             storage_path=launch.results,
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             verbose=0,
             callbacks=callbacks,
         ),

@@ -159,8 +159,10 @@ def test_killed_driver_resumes_without_duplicate_runs_or_changed_curves(
     assert {i for t in trials for i in t.user_attrs[RAY_TRIAL_IDS]} == ids
     assert_curves_unchanged_by_repeats(mlflow_uri, runs)
     assert StudyStore(storage, name).launches()[-1].finished is True
-    if kill_when is trial_started:  # the unsaved trial's run: retired, not left beside its rerun
-        client = MlflowClient(mlflow_uri)
-        exp = client.get_experiment_by_name(name).experiment_id
-        (lost,) = client.search_runs([exp], run_view_type=ViewType.DELETED_ONLY)
-        assert lost.data.tags["fishtune.outcome"] == "lost" and lost.info.status == "KILLED"
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name(name).experiment_id
+    retired = client.search_runs([exp], run_view_type=ViewType.DELETED_ONLY)
+    # A trial Tune's saved state lacks (whether the kill came before Tune saved it is a race) has
+    # its run retired, not left beside its rerun: at most the one trial that was running.
+    assert len(retired) <= 1
+    assert all(r.data.tags["fishtune.outcome"] == "lost" and r.info.status == "KILLED" for r in retired)
