@@ -110,7 +110,9 @@ def trial_started(run: Any) -> bool:
 
 
 def third_epoch_logged(run: Any) -> bool:
-    return run.info.status == "RUNNING" and run.data.metrics.get("epoch") == 3
+    """A running trial past its second checkpoint. Not "exactly epoch 3": a fast machine's writer
+    can land epochs 3, 4 and the run's end in one batch between two polls (CI, 2-second trials)."""
+    return run.info.status == "RUNNING" and run.data.metrics.get("epoch", 0) >= 3
 
 
 @pytest.mark.parametrize(
@@ -132,7 +134,7 @@ def test_killed_driver_resumes_without_duplicate_runs_or_changed_curves(
         space["train.seed"] = {"grid": [0, 1]}
     spec = tiny_spec(tmp_path, name, space=space, sampler="grid", num_samples=6 if seeded else 3, max_concurrent=1)
     text = yaml.safe_load(spec.read_text())
-    text["train"] = {"epochs": 4, "batch_size": 16}  # epochs long enough to stop one mid-trial
+    text["train"] = {"epochs": 8, "batch_size": 16}  # long enough that a poll sees one mid-trial
     spec.write_text(yaml.safe_dump(text, sort_keys=False))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "100000"}
     proc, head = run_until(command(spec, storage, mlflow_uri), tmp_path, "[2/", env)
