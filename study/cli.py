@@ -23,7 +23,7 @@ from study.cli_parser import command_parser
 from study.environment import check_job_paths, ray_address, tracking_uri_override
 from study.logs import configure_logging
 from study.options import LaunchOptions
-from study.spec_core import NAME_PATTERN, Tracking
+from study.spec_core import NAME_PATTERN, Tracking, masked
 from study.store import StudyStore
 from trainables.schema import ConfigError
 
@@ -91,17 +91,29 @@ def run_outcome(args: argparse.Namespace) -> exit_codes.Outcome:
     spec = load_spec(args.spec, overrides)
     args.name = spec.name  # for the interrupt message
     check_job_paths(args.storage, args.tracking_uri, spec, os.environ)
-    spec = dataclasses.replace(spec, tracking=spec.tracking.resolved(Path.cwd()))
+    spec = spec.resolved(Path.cwd())
     _check_local_gpu(spec, args.address)
     store = StudyStore(args.storage, spec.name)
-    if store.exists() and store.load_spec().identity() != spec.identity():
+    if store.exists():
+        _check_same_study(store.load_spec(), spec)
+    from study.launcher import start_launch
+
+    return start_launch(spec, store, _launch_options(args))
+
+
+def _check_same_study(stored: StudySpec, spec: StudySpec) -> None:
+    """Extending a study keeps its definition and its Optuna storage (which holds its trials)."""
+    if stored.identity() != spec.identity():
         raise ConfigError(
             f"study {spec.name!r} exists with a different search space or trial config; "
             f"keep the spec as it was, or start a new study with --new-study NAME"
         )
-    from study.launcher import start_launch
-
-    return start_launch(spec, store, _launch_options(args))
+    if stored.search.storage != spec.search.storage:
+        where = masked(stored.search.storage) if stored.search.storage else "its study folder's optuna.db"
+        raise ConfigError(
+            f"search.storage: study {spec.name!r} keeps its Optuna trials in {where}; "
+            "give the same storage to extend it, or start a new study with --new-study NAME"
+        )
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

@@ -1,10 +1,13 @@
 """``fishtune dashboard NAME``: optuna-dashboard (the ``dashboard`` extra) on the study's
-persistent Optuna storage ``runs/<study>/optuna.db``, where the searcher records every trial."""
+persistent Optuna storage, where the searcher records every trial: ``runs/<study>/optuna.db``,
+or the database its spec's ``search.storage`` names."""
 
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
+from study.spec_core import masked
 from study.store import StudyStore
 from trainables.schema import ConfigError
 
@@ -12,16 +15,17 @@ INSTALL_HINT = "pip install 'fishtune[dashboard]'"
 
 
 def serve(store: StudyStore, host: str, port: int) -> None:
-    """Serve until interrupted. A missing extra or storage is one sentence (exit 2), checked
-    before Optuna is imported; opening a mistyped path would create an empty database."""
+    """Serve until interrupted. A missing extra or SQLite storage is one sentence (exit 2),
+    checked before Optuna is imported; opening a mistyped path would create an empty database."""
     if importlib.util.find_spec("optuna_dashboard") is None:
         raise ConfigError(f"fishtune dashboard needs optuna-dashboard, which is not installed: {INSTALL_HINT}")
-    if not store.optuna_path.is_file():
+    url = store.optuna_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise ConfigError(
-            f"study {store.name!r}: no Optuna storage at {store.optuna_path}; "
+            f"study {store.name!r}: no Optuna storage at {url.removeprefix('sqlite:///')}; "
             "run the study first or pass --storage DIR where it was run"
         )
     from optuna_dashboard import run_server
 
-    print(f"optuna-dashboard for {store.optuna_url} on http://{host}:{port}", flush=True)
-    run_server(store.optuna_url, host=host, port=port)
+    print(f"optuna-dashboard for {masked(url)} on http://{host}:{port}", flush=True)
+    run_server(url, host=host, port=port)

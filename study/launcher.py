@@ -30,9 +30,11 @@ from study.mlflow_parent import (
     use_short_mlflow_retries,
 )
 from study.options import LaunchOptions
+from study.optuna_storage import check_storage
 from study.progress import ProgressPrinter
 from study.ray_runtime import ray_session
 from study.spec import StudySpec
+from study.spec_core import masked
 from study.status import summary_text
 from study.store import Launch, StudyStore
 from study.store_tables import ensure_tables
@@ -70,7 +72,8 @@ def start_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) -> 
         return Outcome(
             exit_codes.OK, f"study {spec.name!r} already has {done} trials; raise --num-samples to extend it"
         )
-    check_reachable(spec.tracking.uri)  # an unreachable store is refused before Ray starts
+    check_reachable(spec.tracking.uri)  # an unreachable store or database is refused before Ray starts
+    check_storage(spec.search.storage, spec.name, new_study=not launches)
     prepare_data(spec)
     with ray_session(options.address):
         arithmetic = check_resources(spec, options.address, options.pending_timeout_s)
@@ -91,11 +94,12 @@ def start_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) -> 
         )
         log.info("%s", arithmetic)
         log.info(
-            "study %s: running %d trial(s) (total %d); MLflow: %s",
+            "study %s: running %d trial(s) (total %d); MLflow: %s; Optuna: %s",
             spec.name,
             todo,
             spec.search.num_samples,
-            spec.tracking.uri,
+            masked(spec.tracking.uri),
+            masked(spec.search.storage or store.default_optuna_url),
         )
         tracking = MlflowTracking(spec.tracking.uri, exp, parent)
         progress = ProgressPrinter(list(spec.search.space), spec.search.num_samples, already_done=done)
@@ -115,6 +119,7 @@ def resume_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) ->
     launch = launches[-1]
     path = f"{launch.results.rstrip('/')}/{launch.experiment}"
     check_reachable(spec.tracking.uri)
+    check_storage(spec.search.storage, spec.name, new_study=False)
     prepare_data(spec)
     with ray_session(options.address):
         log.info("%s", check_resources(spec, options.address, options.pending_timeout_s))
@@ -164,4 +169,4 @@ def _finish(
     if not interrupted and not unwritten:  # the summary reads MLflow: only once it holds everything
         log.info("\n%s", summary_text(client, spec.name))
     end = LaunchEnd(interrupted=interrupted, unwritten=unwritten, refused=refused, failed=failed)
-    return launch_outcome(spec.name, end, spec.tracking.uri, str(store.unwritten_path))
+    return launch_outcome(spec.name, end, masked(spec.tracking.uri), str(store.unwritten_path))

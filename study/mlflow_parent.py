@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from study.mlflow_study import experiment_id, parent_run
 from study.spec import StudySpec
+from study.spec_core import masked
 from study.store import StudyStore
 from study.tracking import MlflowTracking
 from trainables.schema import ConfigError
@@ -70,7 +71,7 @@ def open_parent_run(spec: StudySpec) -> tuple[MlflowClient, str, str]:
         run_id = parent_run(client, spec, versions())
     except Exception as exc:  # any failure to open the store is the user's URI or server
         raise ConfigError(
-            f"tracking.uri: cannot open the MLflow store {spec.tracking.uri} ({type(exc).__name__}: {str(exc)[:200]})"
+            f"tracking.uri: cannot open the MLflow store {masked(spec.tracking.uri)} ({type(exc).__name__}: {masked(str(exc))[:200]})"
         ) from exc
     return client, exp, run_id
 
@@ -82,7 +83,7 @@ def replay_unwritten(spec: StudySpec, store: StudyStore, client: MlflowClient, e
     left = MlflowTracking(spec.tracking.uri, exp, parent).replay(store.unwritten_path)
     if left:
         raise ConfigError(
-            f"tracking.uri: the MLflow store {spec.tracking.uri} still does not take the {left} write(s) kept in "
+            f"tracking.uri: the MLflow store {masked(spec.tracking.uri)} still does not take the {left} write(s) kept in "
             f"{store.unwritten_path}; check the store, or delete that file to give them up"
         )
     log.info("study %s: wrote the MLflow data an earlier launch had kept in %s", spec.name, store.unwritten_path)

@@ -25,6 +25,7 @@ from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from study.spec import StudySpec
+from study.spec_core import masked
 from trainables.schema import flatten
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit for params
@@ -65,13 +66,22 @@ def parent_run(client: MlflowClient, spec: StudySpec, versions: dict[str, str]) 
     for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
         client.log_batch(run_id, params=params[start : start + MAX_PARAMS_PER_BATCH])
     client.log_batch(run_id, tags=[RunTag(f"fishtune.version.{k}", v) for k, v in versions.items()])
-    client.log_dict(run_id, spec.to_yaml_dict(), "spec.yaml")
+    client.log_dict(run_id, public_spec(spec), "spec.yaml")
     return run_id
 
 
-def spec_params(spec: StudySpec) -> dict[str, Any]:
-    """The resolved spec as dotted params; each searched domain is one JSON value."""
+def public_spec(spec: StudySpec) -> dict[str, Any]:
+    """The resolved spec as MLflow shows it: passwords in the tracking and storage URLs masked."""
     nested = spec.to_yaml_dict()
+    nested["tracking"]["uri"] = masked(spec.tracking.uri)
+    if spec.search.storage is not None:
+        nested["search"]["storage"] = masked(spec.search.storage)
+    return nested
+
+
+def spec_params(spec: StudySpec) -> dict[str, Any]:
+    """The resolved spec as dotted params (passwords masked); each searched domain is one JSON value."""
+    nested = public_spec(spec)
     nested["search"]["space"] = {k: json.dumps(d.to_yaml()) for k, d in spec.search.space.items()}
     return flatten(nested)
 

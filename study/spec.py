@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from study.spec_core import NAME_PATTERN, Tracking
+from study.spec_core import NAME_PATTERN, Tracking, check_storage_url, resolved_storage
 from trainables.config import TrialConfig
 from trainables.report import OBJECTIVES, VAL_ACCURACY
 from trainables.schema import ConfigError, check, merge, parse, require, unflatten
@@ -94,9 +94,12 @@ class SearchSpec:
     metric: str = VAL_ACCURACY
     mode: Literal["min", "max"] = "max"
     scheduler: AshaConfig | None = None
+    storage: str | None = None  # Optuna's database URL; None: optuna.db in the study folder
 
     def __post_init__(self) -> None:
         require(self.metric in OBJECTIVES, "search.metric", f"one of {list(OBJECTIVES)}", self.metric)
+        if self.storage is not None:
+            check_storage_url(self.storage)
 
     @property
     def seeds(self) -> tuple[int, ...] | None:
@@ -153,16 +156,22 @@ class StudySpec:
             }
             if s.scheduler
             else "none",
+            "storage": s.storage,
         }
         nested["resources"] = {"cpu": self.resources.cpu, "gpu": self.resources.gpu}
         nested["tracking"] = {"uri": self.tracking.uri}
         return nested
 
+    def resolved(self, base: Path) -> StudySpec:
+        """SQLite paths of the tracking URI and the Optuna storage made absolute against ``base``."""
+        storage = self.search.storage and resolved_storage(self.search.storage, base)
+        return replace(self, tracking=self.tracking.resolved(base), search=replace(self.search, storage=storage))
+
     def identity(self) -> dict[str, Any]:
         """What may not change when a study is extended: trial config and search definition."""
         d = self.to_yaml_dict()
         return {k: v for k, v in d.items() if k not in ("resources", "tracking")} | {
-            "search": {k: v for k, v in d["search"].items() if k not in ("num_samples", "max_concurrent")}
+            "search": {k: v for k, v in d["search"].items() if k not in ("num_samples", "max_concurrent", "storage")}
         }
 
 

@@ -1,5 +1,6 @@
 """The parts of a spec that the read-only commands (``status``, ``dashboard``, ``ui``) need:
-the study-name rule and the tracking URI. Importable without torch, Ray, Optuna or MLflow, so
+the study-name rule, the tracking URI and the Optuna storage URL (and how to print either
+without its password). Importable without torch, Ray, Optuna or MLflow, so
 those commands start in well under a second; :mod:`study.spec` builds the rest on them."""
 
 from __future__ import annotations
@@ -12,6 +13,40 @@ from trainables.schema import ConfigError, require
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "databricks")
+# SQLAlchemy's dialects that Optuna's RDBStorage is tested on or documents (a driver may follow
+# the dialect: postgresql+psycopg://…); PostgreSQL needs the `postgres` extra (psycopg).
+STORAGE_DIALECTS = ("sqlite", "postgresql", "mysql", "mariadb")
+_PASSWORD_IN_NETLOC = re.compile(r"^([A-Za-z][\w+.-]*://[^:/@?]*):[^@]*@")
+_PASSWORD_IN_QUERY = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
+
+
+def masked(url: str) -> str:
+    """``url`` with its password, if any, shown as ``***`` (in the user part or a libpq
+    ``password=`` query parameter): what logs, MLflow and the console may show of it."""
+    return _PASSWORD_IN_QUERY.sub(r"\1***", _PASSWORD_IN_NETLOC.sub(r"\1:***@", url))
+
+
+def check_storage_url(url: str) -> None:
+    """``search.storage`` must be a SQLAlchemy database URL that Optuna's RDBStorage takes."""
+    dialect = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
+    require(
+        dialect in STORAGE_DIALECTS,
+        "search.storage",
+        f"a database URL for Optuna, {' | '.join(d + '://…' for d in STORAGE_DIALECTS)} "
+        "(leave it out for the study folder's optuna.db)",
+        masked(url),
+    )
+
+
+def resolved_storage(url: str, base: Path) -> str:
+    """A SQLite storage's path made absolute against ``base``, as the tracking URI's; its folder must exist."""
+    if not url.startswith("sqlite:///"):
+        return url
+    path = Path(url.removeprefix("sqlite:///")).expanduser()
+    path = path if path.is_absolute() else (base / path).resolve()
+    if not path.parent.is_dir():
+        raise ConfigError(f"search.storage: the folder {path.parent} of the SQLite storage does not exist")
+    return f"sqlite:///{path}"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

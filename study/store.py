@@ -2,7 +2,8 @@
 
 ``spec.yaml`` is the resolved spec (tracking URI absolute) that ``resume``, ``status``,
 ``analyze`` and ``ui`` read; ``optuna.db`` is the persistent Optuna storage, so a search
-continues where it stopped; ``launches.json`` records each ``run`` (its Tune experiment, the
+continues where it stopped, unless the spec's ``search.storage`` names another database (the
+stored spec keeps that URL, so ``resume`` and ``dashboard`` find it); ``launches.json`` records each ``run`` (its Tune experiment, the
 total number of trials asked for, and whether it finished); ``mlflow-unwritten.jsonl`` holds
 what the MLflow store did not take before a launch ended, until the next launch writes it.
 """
@@ -43,8 +44,17 @@ class StudyStore:
         return self.root / "spec.yaml"
 
     @property
-    def optuna_url(self) -> str:
+    def default_optuna_url(self) -> str:
+        """The Optuna storage of a study whose spec names none: ``optuna.db`` in this folder."""
         return f"sqlite:///{self.optuna_path}"
+
+    @property
+    def optuna_url(self) -> str:
+        """The stored study's Optuna storage (its ``search.storage``, else the default), read
+        without parsing the whole spec; the default before the study is stored."""
+        search = self._stored().get("search") if self.exists() else None
+        url = search.get("storage") if isinstance(search, dict) else None
+        return url if isinstance(url, str) and url else self.default_optuna_url
 
     @property
     def default_results(self) -> str:

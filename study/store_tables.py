@@ -1,26 +1,36 @@
-"""MLflow's tables in a new SQLite store, created by one study at a time.
+"""MLflow's tables in a new database store, created by one study at a time.
 
-The first client of a new SQLite store creates its tables (MLflow's migrations, ≈3 s); two
-studies starting at once on one new store (one store per project is a common habit) both run
-them, and one dies ("table … already exists", the alembic race). Here the first client is
-made under an exclusive ``flock`` on the database file itself (SQLite's own locks are ``fcntl``
-locks, independent of it): the second study waits, then finds the tables made and skips them.
+The first client of a new store creates its tables (MLflow's migrations, ≈3 s); two studies
+starting at once on one new store (one store per project is a common habit) both run them,
+and one dies ("table … already exists", the alembic race). Here the first client is made under
+a lock that the second study waits for, then finds the tables made and skips them: for SQLite
+an exclusive ``flock`` on the database file itself (SQLite's own locks are ``fcntl`` locks,
+independent of it), for PostgreSQL a session advisory lock. An ``http(s)://`` tracking server
+made its tables when it started, so its clients have nothing to do; MySQL is not locked.
 """
 
 from __future__ import annotations
 
 import fcntl
+import zlib
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
 SQLITE = "sqlite:///"
+# The advisory lock's key: any fixed 32-bit number that other applications of the database are
+# unlikely to take for their own locks.
+LOCK_KEY = zlib.crc32(b"fishtune: MLflow tables")
 
 
 def ensure_tables(tracking_uri: str) -> None:
-    if not tracking_uri.startswith(SQLITE):
-        return  # a server makes its own tables; other databases are not created by a client
-    path = Path(tracking_uri.removeprefix(SQLITE))
+    if tracking_uri.startswith(SQLITE):
+        _sqlite_tables(Path(tracking_uri.removeprefix(SQLITE)), tracking_uri)
+    elif tracking_uri.split("://", 1)[0].split("+", 1)[0] == "postgresql":
+        _postgres_tables(tracking_uri)
+
+
+def _sqlite_tables(path: Path, tracking_uri: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("ab") as db:  # an empty file is a new SQLite database
         fcntl.flock(db, fcntl.LOCK_EX)
@@ -28,3 +38,15 @@ def ensure_tables(tracking_uri: str) -> None:
             MlflowClient(tracking_uri).search_experiments(max_results=1)
         finally:
             fcntl.flock(db, fcntl.LOCK_UN)
+
+
+def _postgres_tables(tracking_uri: str) -> None:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(tracking_uri, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as lock:  # released when this session ends, also if the driver dies
+            lock.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
+            MlflowClient(tracking_uri).search_experiments(max_results=1)
+    finally:
+        engine.dispose()

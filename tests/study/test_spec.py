@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from study.spec import MAX_SPEC_BYTES, load_spec, parse_spec
+from study.spec_core import masked
 from trainables.schema import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,6 +109,10 @@ BAD: list[tuple[str, str, str]] = [
     ("gpu 1.5", GOOD + "resources: {gpu: 1.5}\n", "resources.gpu"),
     ("tracking plain path", GOOD + "tracking: {uri: ./mlruns}\n", "tracking.uri"),
     ("tracking file uri", GOOD + "tracking: {uri: 'file:///tmp/mlruns'}\n", "tracking.uri"),
+    ("storage plain path", GOOD + "  storage: optuna.db\n", "search.storage: must be a database URL for Optuna"),
+    ("storage http", GOOD + "  storage: 'http://127.0.0.1:5000'\n", "search.storage: must be a database URL"),
+    ("storage journal file", GOOD + "  storage: 'file:///tmp/journal.log'\n", "postgresql://"),
+    ("storage not text", GOOD + "  storage: 5432\n", "search.storage: expected a string"),
     ("augment on digits", GOOD + "data: {augment: true}\n", "data.augment"),
     ("unknown data set", GOOD + "data: {name: imagenet}\n", "data.name"),
     ("cache dir relative", GOOD + "data: {name: cifar10, cache_dir: cache}\n", "data.cache_dir"),
@@ -171,6 +176,42 @@ def test_sqlite_uri_made_absolute_and_missing_folder_refused(tmp_path: Path) -> 
     bad = parse_spec(yaml.safe_load(GOOD + "tracking: {uri: 'sqlite:///no/such/dir/m.db'}\n"))
     with pytest.raises(ConfigError, match="does not exist"):
         bad.tracking.resolved(tmp_path)
+
+
+def test_optuna_storage_is_a_database_url_kept_as_written_or_made_absolute(tmp_path: Path) -> None:
+    assert parse_spec(yaml.safe_load(GOOD)).search.storage is None  # the study folder's optuna.db
+    url = "postgresql+psycopg://fishtune:s3cret@db.lab:5432/optuna"
+    spec = parse_spec(yaml.safe_load(GOOD + f"  storage: '{url}'\n"))
+    assert spec.search.storage == url and spec.resolved(tmp_path).search.storage == url
+    assert parse_spec(yaml.safe_load(yaml.safe_dump(spec.to_yaml_dict()))) == spec
+    local = parse_spec(yaml.safe_load(GOOD + "  storage: 'sqlite:///optuna.db'\n")).resolved(tmp_path)
+    assert local.search.storage == f"sqlite:///{tmp_path / 'optuna.db'}"
+    with pytest.raises(ConfigError, match=r"search.storage: the folder .* does not exist"):
+        parse_spec(yaml.safe_load(GOOD + "  storage: 'sqlite:///no/such/dir/o.db'\n")).resolved(tmp_path)
+
+
+def test_a_refused_storage_url_does_not_show_its_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_spec(yaml.safe_load(GOOD + "  storage: 'postgres://me:s3cret@db/optuna'\n"))  # SQLAlchemy says postgresql
+    assert "s3cret" not in str(info.value) and "postgres://me:***@db/optuna" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://me:s3cret@db:5432/optuna", "postgresql://me:***@db:5432/optuna"),
+        ("postgresql+psycopg://me:p%40ss@db/o", "postgresql+psycopg://me:***@db/o"),
+        (
+            "postgresql://db/o?user=me&password=s3cret&sslmode=require",
+            "postgresql://db/o?user=me&password=***&sslmode=require",
+        ),
+        ("postgresql://me@db/o", "postgresql://me@db/o"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("sqlite:////tmp/x:y@z/optuna.db", "sqlite:////tmp/x:y@z/optuna.db"),
+    ],
+)
+def test_masked_hides_only_the_password(url: str, shown: str) -> None:
+    assert masked(url) == shown
 
 
 # (name, file content): files that are not a YAML text file at all

@@ -1,0 +1,50 @@
+"""The study's Optuna storage: an RDB (SQLAlchemy) database, checked before Ray starts.
+
+By default each study folder holds its own SQLite file; ``search.storage`` may name a shared
+database (PostgreSQL: the ``postgres`` extra). A database server can be down, refuse the login
+or lack its driver: one sentence before anything starts (exit 2). A shared database can also
+hold a study of the same name from another study folder: a new study does not join it, since
+those trials are not this folder's (and after a killed driver the searcher would take their
+RUNNING trials for its own, :mod:`study.searcher`).
+"""
+
+from __future__ import annotations
+
+import optuna
+
+from study.spec_core import masked
+from trainables.schema import ConfigError
+
+INSTALL_HINT = "pip install 'fishtune[postgres]'"
+
+
+def rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    # A server may close a connection left idle between two trials of an hours-long study
+    # (idle timeouts, a restart): pre-ping replaces it instead of failing the next tell().
+    engine_kwargs = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+
+
+def check_storage(url: str | None, study_name: str, new_study: bool) -> None:
+    """Open the spec's storage once (``None``: the study folder's own file, nothing to check);
+    for a ``new_study``, refuse a storage that already holds an Optuna study of its name."""
+    if url is None:
+        return
+    try:
+        storage = rdb_storage(url)
+    except ImportError:
+        raise ConfigError(f"search.storage: {masked(url)} needs its database driver; {INSTALL_HINT}") from None
+    except Exception as exc:  # SQLAlchemy's errors: the server is down, refuses the login, no such database
+        raise ConfigError(
+            f"search.storage: cannot open the Optuna storage {masked(url)} "
+            f"({type(exc).__name__}: {masked(str(exc))[:300]})"
+        ) from exc
+    try:
+        exists = study_name in optuna.get_all_study_names(storage)
+    finally:
+        storage.engine.dispose()
+    if new_study and exists:
+        raise ConfigError(
+            f"search.storage: {masked(url)} already holds an Optuna study {study_name!r} that this study folder "
+            "did not start; pass --storage DIR where it was run, or start this one with --new-study NAME"
+        )
