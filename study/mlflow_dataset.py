@@ -19,7 +19,7 @@ import numpy as np
 from mlflow.entities import Dataset, DatasetInput, InputTag
 
 from trainables.config import DataConfig
-from trainables.data import dataset_info
+from trainables.data import dataset_info, split_sizes
 
 MAX_DIGEST_CHARS = 36  # the digest column of MLflow's SQL stores
 CONTEXT = "training"  # MLflow's mlflow.data.context tag of the input
@@ -48,8 +48,7 @@ def dataset_record(data: DataConfig) -> DatasetRecord:
 def _record(name: str, val_fraction: float, train_size: int | None, cache_dir: str) -> DatasetRecord:
     info = dataset_info(name)
     raw = info.loader(info, cache_dir)
-    n_val = max(1, round(val_fraction * len(raw.y)))  # as trainables.data.load splits the pool
-    n_train = len(raw.y) - n_val if train_size is None else min(train_size, len(raw.y) - n_val)
+    n_train, n_val = split_sizes(len(raw.y), val_fraction, train_size)
     sizes = {"train": n_train, "val": n_val, "test": len(raw.test_y)}
     default = DataConfig()
     own_split = train_size is not None or val_fraction != default.val_fraction

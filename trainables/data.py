@@ -124,6 +124,13 @@ def dataset_info(name: str) -> DatasetInfo:
         raise ConfigError(f"data.name: unknown data set {name!r}; choose one of {sorted(DATASETS)}") from None
 
 
+def split_sizes(pool: int, val_fraction: float, train_size: int | None) -> tuple[int, int]:
+    """(train, val) sizes that :func:`load` draws from a pool of ``pool`` examples."""
+    n_val = max(1, round(val_fraction * pool))
+    n_train = pool - n_val if train_size is None else min(train_size, pool - n_val)
+    return n_train, n_val
+
+
 def load(
     name: str,
     *,
@@ -139,10 +146,9 @@ def load(
     info = dataset_info(name)
     raw = info.loader(info, cache_dir)
     order = np.random.default_rng(seed).permutation(len(raw.y))
-    n_val = max(1, round(val_fraction * len(order)))
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    if train_size is not None:  # the first train_size of the seeded order: nested across sizes
-        train_idx = train_idx[:train_size]
+    n_train, n_val = split_sizes(len(order), val_fraction, train_size)
+    # the first n_train of the seeded order after val: training sets are nested across train_size
+    val_idx, train_idx = order[:n_val], order[n_val : n_val + n_train]
 
     train_y = raw.y[train_idx].copy()
     noisy = _corrupt(train_y, label_noise, info.num_classes, seed)
