@@ -33,11 +33,13 @@ def check_storage(url: str | None, study_name: str, new_study: bool) -> None:
     try:
         storage = rdb_storage(url)
     except ImportError:
-        raise ConfigError(f"search.storage: {masked(url)} needs its database driver; {INSTALL_HINT}") from None
+        hint = INSTALL_HINT if url.startswith("postgresql") else "install the SQLAlchemy driver for its database"
+        raise ConfigError(f"search.storage: {masked(url)} needs its database driver; {hint}") from None
     except Exception as exc:  # SQLAlchemy's errors: the server is down, refuses the login, no such database
+        cause = getattr(exc, "orig", None) or exc  # the driver's own error, without SQLAlchemy's wrapping
+        first = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
         raise ConfigError(
-            f"search.storage: cannot open the Optuna storage {masked(url)} "
-            f"({type(exc).__name__}: {masked(str(exc))[:300]})"
+            f"search.storage: cannot open the Optuna storage {masked(url)} ({type(cause).__name__}: {masked(first)[:300]})"
         ) from exc
     try:
         exists = study_name in optuna.get_all_study_names(storage)

@@ -1,0 +1,68 @@
+"""The study's Optuna storage (``search.storage``) without a database server: refused in one
+sentence before anything starts, its password never shown, kept by the study folder. The same
+against a real PostgreSQL server: test_postgres.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from study.cli import main
+from study.optuna_storage import check_storage
+from study.spec import load_spec
+from study.store import StudyStore
+from trainables.schema import ConfigError
+
+from .helpers import free_port, tiny_spec
+
+
+def test_an_unreachable_database_is_one_sentence_without_its_password(tmp_path: Path) -> None:
+    pytest.importorskip("psycopg", reason="psycopg is not installed: pip install 'fishtune[postgres]'")
+    url = f"postgresql://me:s3cret@127.0.0.1:{free_port()}/optuna"
+    with pytest.raises(ConfigError) as info:
+        check_storage(url, "study", new_study=True)
+    message = str(info.value)
+    assert message.startswith("search.storage: cannot open the Optuna storage postgresql://me:***@127.0.0.1:")
+    assert "s3cret" not in message and "\n" not in message.strip()
+
+
+def test_a_run_against_an_unreachable_database_stops_before_ray_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("psycopg", reason="psycopg is not installed: pip install 'fishtune[postgres]'")
+    spec = tiny_spec(tmp_path, "unreachable", storage=f"postgresql://me:s3cret@127.0.0.1:{free_port()}/optuna")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["run", str(spec), "--storage", str(tmp_path / "st"), "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert "search.storage: cannot open the Optuna storage" in err and "s3cret" not in err
+    assert not (tmp_path / "st").exists()
+
+
+def test_a_new_study_does_not_join_a_shared_storage_that_holds_its_name(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.create_study(study_name="taken", storage=url)
+    with pytest.raises(ConfigError, match="already holds an Optuna study 'taken' that this study folder did not start"):
+        check_storage(url, "taken", new_study=True)
+    check_storage(url, "taken", new_study=False)  # its own folder extends or resumes it
+    check_storage(url, "other", new_study=True)
+    check_storage(None, "taken", new_study=True)  # the folder's own optuna.db: nothing to check
+
+
+def test_the_study_folder_keeps_the_storage_and_refuses_another_on_extension(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    store = StudyStore(tmp_path / "st", "kept")
+    assert store.optuna_url == store.default_optuna_url  # nothing stored yet
+    store.save_spec(load_spec(tiny_spec(tmp_path, "kept", storage=url)))
+    assert store.optuna_url == url  # what resume and dashboard open
+
+    spec = tiny_spec(tmp_path, "kept")  # the same study, without search.storage
+    assert main(["run", str(spec), "--storage", str(tmp_path / "st"), "--num-samples", "8"]) == 2
+    err = capsys.readouterr().err
+    assert f"search.storage: study 'kept' keeps its Optuna trials in {url}" in err
+    assert yaml.safe_load(store.spec_path.read_text())["search"]["storage"] == url  # unchanged
