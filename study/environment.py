@@ -70,3 +70,9 @@ def check_job_paths(storage: str, tracking_uri: str | None, spec: StudySpec, env
             f"tracking.uri {uri}: inside a Ray job the working directory is temporary; "
             "pass --tracking-uri sqlite:////absolute/path/mlflow.db (e.g. in ~/fishtune) or an http:// server"
         )
+    storage = spec.search.storage or ""
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).expanduser().is_absolute():
+        raise ConfigError(
+            f"search.storage {storage}: inside a Ray job the working directory is temporary; "
+            "give an absolute sqlite:////path on the head node, a database server's URL, or leave it out"
+        )

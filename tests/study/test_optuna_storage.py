@@ -66,3 +66,14 @@ def test_the_study_folder_keeps_the_storage_and_refuses_another_on_extension(
     err = capsys.readouterr().err
     assert f"search.storage: study 'kept' keeps its Optuna trials in {url}" in err
     assert yaml.safe_load(store.spec_path.read_text())["search"]["storage"] == url  # unchanged
+
+
+def test_inside_a_ray_job_a_relative_sqlite_storage_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tiny_spec(tmp_path, "job", storage="sqlite:///optuna.db")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["run", str(spec), "--storage", str(tmp_path / "st"), "--tracking-uri", uri]) == 2
+    assert "search.storage sqlite:///optuna.db: inside a Ray job" in capsys.readouterr().err
