@@ -190,9 +190,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     uri = _tracking_uri(args, args.name)
+    server = uri.startswith(("http://", "https://"))  # a tracking server is its own UI: nothing to start
     local = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # all interfaces: this machine is one
-    base = f"http://{local}:{args.port}"
-    print(f"MLflow UI for {uri} on {base}", flush=True)
+    base = uri.rstrip("/") if server else f"http://{local}:{args.port}"
+    print(f"MLflow UI on {base}" if server else f"MLflow UI for {masked(uri)} on {base}", flush=True)
     if args.name:
         from mlflow.tracking import MlflowClient
 
@@ -202,6 +203,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         if exp is None:
             raise ConfigError(f"study {args.name!r}: no such MLflow experiment in {uri}")
         print(f"study {args.name}: {experiment_url(base, exp.experiment_id)}", flush=True)
+    if server:
+        return 0
     command = [
         sys.executable,
         "-m",

@@ -26,7 +26,13 @@ log = logging.getLogger(__name__)
 # The queue in study/write_queue.py retries failed writes; MLflow's own client would block its
 # writer thread and the end-of-launch drain for minutes per call (7 retries with exponential
 # backoff) while a server is down. MLflow reads these per request from the process environment.
-MLFLOW_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+# Nor should it print "View run … at: URL" for every run it ends on a tracking server (two lines
+# per trial among the progress lines, which name the trials already).
+MLFLOW_CLIENT_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 
 
 def use_short_mlflow_retries() -> None:

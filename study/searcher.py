@@ -91,7 +91,9 @@ class FishtuneOptunaSearch(OptunaSearch):
         """The oldest RUNNING Optuna trial that no Ray trial of this searcher holds.
 
         One driver writes a study's storage at a time (a new launch needs the last one
-        finished), so such a trial was asked by a driver that died before Tune saved it.
+        finished, and a new study folder does not join a shared storage's study of its name:
+        :mod:`study.optuna_storage`), so such a trial was asked by a driver that died before
+        Tune saved it.
         """
         assert self._ot_study is not None
         held = {t._trial_id for t in self._ot_trials.values()}  # Optuna's storage id: no public accessor

@@ -173,6 +173,7 @@ def test_study_on_an_mlflow_server_and_optuna_on_postgres_resumes_and_counts_rig
     output = "".join(lines) + rest
     assert proc.returncode == 130, output
     assert f"Optuna: {masked(optuna_url)}" in output and f"MLflow: {tracking}" in output
+    assert "View run" not in output  # MLflow's own line per ended run, among the progress lines
 
     assert main(["resume", name, "--storage", str(storage)]) == 0  # finds both stores in the study folder
     runs = children(tracking, name)
@@ -190,6 +191,8 @@ def test_study_on_an_mlflow_server_and_optuna_on_postgres_resumes_and_counts_rig
     assert main(["analyze", name, "--storage", str(storage), "--out", str(out)]) == 0
     assert (out / "report.md").is_file()
     assert list(artifacts.rglob("report.md")) and list(artifacts.rglob("curves.parquet"))  # in the server's root
+    assert main(["ui", "--name", name, "--storage", str(storage)]) == 0  # the server is the UI: nothing started
+    assert f"study {name}: {tracking}/#/experiments/{runs[0].info.experiment_id}" in capsys.readouterr().out
 
     # A second study folder does not join the Optuna study this one owns in the shared database.
     other = tmp_path / "other"
