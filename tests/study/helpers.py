@@ -1,10 +1,18 @@
-"""Helpers shared by the driver's tests: a tiny study spec, reading a study back, ports and waits."""
+"""Helpers shared by the driver's tests: a tiny study spec, reading a study back, ports, waits,
+the CLI in a child process and servers started for a test."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from study.store import StudyStore
 
 ROOT = Path(__file__).resolve().parents[2]
+CLI = "import sys; from study.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 def tiny_spec(tmp_path: Path, name: str, **search: Any) -> Path:
@@ -62,3 +71,48 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(0.5)
+
+
+def run_cli(args: list[str], cwd: Path, script: str = CLI) -> subprocess.CompletedProcess[str]:
+    """``fishtune ARGS`` in a child process started in ``cwd`` (``script`` runs the CLI's main)."""
+    return subprocess.run([sys.executable, "-c", script, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 200 right now."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+@dataclass
+class Served:
+    """A server a test started; ``output`` holds what it printed once it has been stopped."""
+
+    proc: subprocess.Popen[str]
+    output: str = ""
+
+
+@contextlib.contextmanager
+def serving(command: list[str], ready_url: str, timeout_s: float, cwd: Path = ROOT) -> Iterator[Served]:
+    """Run ``command`` until the block ends, once ``ready_url`` answers; fail with the server's
+    output if it exits first or does not answer within ``timeout_s``. At the end SIGKILL to the
+    server's whole process group: a SIGTERM handler may wait on its children, and children left
+    alive (MLflow's workers and job runners) would hold the output pipe open."""
+    proc = subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    served = Served(proc)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not answers(ready_url):
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, f"{command[:4]} did not answer {ready_url} within {timeout_s:.0f} s"
+            time.sleep(0.3)
+        yield served
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the group is gone already
+            os.killpg(proc.pid, signal.SIGKILL)
+        served.output = proc.communicate(timeout=30)[0]

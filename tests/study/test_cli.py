@@ -5,8 +5,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from study.cli import main
 from study.exit_codes import OK, Outcome
 from study.options import LaunchOptions
 
-from .helpers import free_port
+from .helpers import free_port, run_cli, serving
 
 BAD_GPU = """
 name: gpu-study
@@ -48,13 +46,7 @@ def test_bad_spec_exits_2_without_traceback_imports_or_files(tmp_path: Path, spe
     path.write_text(spec)
     work = tmp_path / "work"
     work.mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-c", PROBE, "run", str(path), "--storage", str(work)],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cli(["run", str(path), "--storage", str(work)], cwd=work, script=PROBE)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("fishtune: ") and expected in proc.stderr
@@ -101,31 +93,10 @@ def test_ui_serves_the_store_on_localhost(tmp_path: Path) -> None:
     assert main(["ui", "--tracking-uri", uri]) == 2  # no database there yet: nothing is created
     assert not (tmp_path / "mlflow.db").exists()
     MlflowClient(uri).search_experiments()  # creates the store
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "study", "ui", "--tracking-uri", uri, "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    assert response.status == 200
-                    break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-                assert time.monotonic() < deadline, "MLflow UI did not come up"
-                time.sleep(1)
+    command = [sys.executable, "-m", "study", "ui", "--tracking-uri", uri, "--port", str(port)]
+    with serving(command, f"http://127.0.0.1:{port}/health", timeout_s=90):
         with pytest.raises(ConnectionRefusedError):  # bound to loopback only: not on the machine's own address
             socket.create_connection((_own_address(), port), timeout=5).close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_unreachable_tracking_server_is_refused_before_anything_starts(

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-RUN = "import sys; from study.cli import main; sys.exit(main(sys.argv[1:]))"
+from .helpers import run_cli
 
 
 @pytest.mark.parametrize(
@@ -23,13 +21,7 @@ def test_run_refuses_a_spec_that_is_not_text(tmp_path: Path, case: str, content:
     path.write_bytes(content)
     work = tmp_path / "work"
     work.mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-c", RUN, "run", str(path), "--storage", str(work)],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cli(["run", str(path), "--storage", str(work)], cwd=work)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"fishtune: {path}: ") and expected in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

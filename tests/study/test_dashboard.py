@@ -4,9 +4,7 @@ through its HTTP API; without the extra, one sentence."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from study import dashboard
 from study.cli import main
 from study.store import StudyStore
 
-from .helpers import ROOT, free_port
+from .helpers import free_port, serving
 
 
 def get(url: str) -> dict:
@@ -38,32 +36,16 @@ def test_serves_the_studys_trials(tmp_path: Path) -> None:
     study.optimize(lambda t: t.suggest_float("train.lr", 0.001, 0.1, log=True) * 10, n_trials=3)
 
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "study", "dashboard", "dash", "--storage", str(tmp_path), "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                summaries = get(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
-                break
-            except OSError:
-                assert server.poll() is None, server.communicate()[0]
-                assert time.monotonic() < deadline, "the dashboard did not answer within 60 s"
-                time.sleep(0.3)
+    command = [sys.executable, "-m", "study", "dashboard", "dash", "--storage", str(tmp_path), "--port", str(port)]
+    studies = f"http://127.0.0.1:{port}/api/studies"
+    with serving(command, studies, timeout_s=60) as server:
+        summaries = get(studies)["study_summaries"]
         assert [s["study_name"] for s in summaries] == ["dash"]
         detail = get(f"http://127.0.0.1:{port}/api/studies/{summaries[0]['study_id']}?after=0")
         assert sorted(t["params"][0]["param_internal_value"] for t in detail["trials"]) == pytest.approx(
             [0.01, 0.02, 0.03]
         )
-    finally:
-        server.kill()  # SIGTERM becomes SIGINT, which a shell's background job may ignore
-        out = server.communicate(timeout=30)[0]
-    assert f"optuna-dashboard for {store.optuna_url} on http://127.0.0.1:{port}" in out
+    assert f"optuna-dashboard for {store.optuna_url} on http://127.0.0.1:{port}" in server.output
 
 
 def test_without_the_extra_it_says_how_to_install_it(
