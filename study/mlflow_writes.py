@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 REFUSED_FOR_GOOD = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST"})
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
 MAX_TAGS_PER_BATCH = 100
+MAX_ENTITIES_PER_BATCH = 1000  # params, metrics and tags together
 
 
 @dataclass(slots=True)
@@ -98,6 +99,35 @@ def batches(
 
 def _chunks(items: Sequence[T], size: int) -> list[list[T]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def fits_with(batch: tuple[int, int, int], write: Write) -> bool:
+    """Whether ``write``, a ``batch`` write, still fits into one ``log_batch`` beside ``batch``
+    (its params, metrics and tags counted), within MLflow's per-call limits."""
+    params, metrics, tags = batch[0] + len(write.params), batch[1] + len(write.metrics), batch[2] + len(write.tags)
+    return (
+        params <= MAX_PARAMS_PER_BATCH
+        and metrics <= MAX_METRICS_PER_BATCH
+        and tags <= MAX_TAGS_PER_BATCH
+        and params + metrics + tags <= MAX_ENTITIES_PER_BATCH
+    )
+
+
+def merged(writes: Sequence[Write]) -> Write:
+    """One ``batch`` write that stores what the ``batch`` writes ``writes`` of one trial store,
+    in order: repeated params and metric points once, a tag set twice at its last value (MLflow
+    refuses repeated param keys in one call; a param logged twice with two values is still
+    refused, as it would be alone)."""
+    params = list(dict.fromkeys((p.key, p.value) for w in writes for p in w.params))
+    metrics = list(dict.fromkeys((m.key, m.value, m.timestamp, m.step) for w in writes for m in w.metrics))
+    tags = {t.key: t.value for w in writes for t in w.tags}
+    return Write(
+        writes[0].trial_id,
+        "batch",
+        params=[Param(k, v) for k, v in params],
+        metrics=[Metric(k, v, t, s) for k, v, t, s in metrics],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
 
 
 class ChildRuns:

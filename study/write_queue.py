@@ -1,9 +1,18 @@
 """The driver's ordered MLflow write queue: enqueue without I/O, one writer thread, nothing lost.
 
 Callers only enqueue (:meth:`WriteQueue.put` never touches the store). One background writer
-thread stores the writes one by one, in order; a write that fails stays at the head and the
-writer pauses (:data:`RETRY_PAUSE_S`) before retrying; a write the store refuses for good is
-logged and dropped so that it does not hold back the rest. At the end, :meth:`WriteQueue.drain`
+thread stores the writes in order; a write that fails stays at the head and the writer pauses
+(:data:`RETRY_PAUSE_S`) before retrying; a write the store refuses for good is logged and
+dropped so that it does not hold back the rest.
+
+One store call costs far more than one point in it (a SQLite ``log_batch`` of 20 points ≈ 20–30
+ms, of 200 ≈ 50 ms: commits and MLflow's latest-metrics update), and hundreds of trials report
+every second (``benchmarks/study_scale.py``). So the writer stores the head together with the
+``batch`` writes of the same trial queued after it, up to the trial's next write of another
+kind, as one ``log_batch`` within MLflow's limits (:func:`~study.mlflow_writes.merged`): each
+trial's writes keep their order, and a writer that falls behind makes fewer, larger calls
+instead of falling further behind. If the store refuses a merged call for good, its writes are stored one by one, so that
+only the one at fault is dropped. At the end, :meth:`WriteQueue.drain`
 waits for the queue to empty, and :meth:`WriteQueue.spill` keeps what the store never took on
 disk, for :meth:`WriteQueue.replay` by the next launch.
 
@@ -20,14 +29,14 @@ import json
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from study.mlflow_writes import REFUSED_FOR_GOOD, ChildRuns, Write
+from study.mlflow_writes import REFUSED_FOR_GOOD, ChildRuns, Write, fits_with, merged
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +67,28 @@ class WriteQueue:
         self.retry_pause_s = retry_pause_s
         self.refused = 0  # writes the store refused for good (logged, dropped)
         self._client = client
-        self._pending: deque[Write] = deque()  # the head is the write being stored
         self._names: dict[str, str] = {}  # trial id → run label, to create the run when the store allows
+        self._queue([])
         self._start_sync()
+
+    def _queue(self, writes: list[Write]) -> None:
+        self._pending: OrderedDict[int, Write] = OrderedDict()  # by number, in order; the head is in flight
+        self._by_trial: dict[str, deque[int]] = {}  # trial id → its writes' numbers, in order
+        self._count = 0  # writes numbered so far
+        self._append(writes)
+
+    def _append(self, writes: tuple[Write, ...] | list[Write]) -> None:
+        for write in writes:
+            self._pending[self._count] = write
+            self._by_trial.setdefault(write.trial_id, deque()).append(self._count)
+            self._count += 1
 
     def _start_sync(self) -> None:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopped = False
         self._hurry = False  # a drain is waiting: retry every DRAIN_POLL_S, and now
+        self._head_alone = False  # a merged call was refused for good: store the head by itself
         self._warned = False  # the user was told that the store is unreachable
         self._stored_at = time.monotonic()  # when the store last took a write
 
@@ -75,19 +97,21 @@ class WriteQueue:
             keep = ("tracking_uri", "experiment", "parent_run_id", "retry_pause_s", "refused")
             return {k: getattr(self, k) for k in keep} | {
                 "_client": None,
-                "_pending": deque(self._pending),
+                "_pending": list(self._pending.values()),
                 "_names": dict(self._names),
             }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        writes = state.pop("_pending")
         self.__dict__.update(state)
+        self._queue(list(writes))
         self._start_sync()
 
     @property
     def pending(self) -> list[Write]:
         """What the store has not taken yet, in order (the head may be in flight)."""
         with self._cond:
-            return list(self._pending)
+            return list(self._pending.values())
 
     def name_run(self, trial_id: str, name: str) -> None:
         """The label (searched values) the trial's child run is named after if the writer has to create it."""
@@ -101,7 +125,7 @@ class WriteQueue:
                 raise RuntimeError(
                     f"the MLflow write queue for {self.tracking_uri} is stopped; {len(writes)} write(s) refused"
                 )
-            self._pending.extend(writes)
+            self._append(writes)
             self._start_writer()
 
     def _start_writer(self) -> None:
@@ -140,7 +164,8 @@ class WriteQueue:
         :meth:`replay`. Returns how many writes were kept."""
         with self._cond:
             self._stop()
-            writes, self._pending = list(self._pending), deque()
+            writes = list(self._pending.values())
+            self._queue([])
             if writes:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with path.open("a") as f:
@@ -179,34 +204,58 @@ class WriteQueue:
         """The writer thread: store the head of the queue until stopped."""
         runs = ChildRuns(self._client or MlflowClient(self.tracking_uri), self.experiment, self.parent_run_id)
         while (head := self._next()) is not None:
-            write, label = head
+            group, writes, label = head
             try:
-                runs.apply(write, label)
+                runs.apply(merged(writes) if len(writes) > 1 else writes[0], label)
             except MlflowException as exc:
                 if exc.error_code not in REFUSED_FOR_GOOD:
                     self._unreachable(exc)
                     continue
-                log.error("MLflow refused %s; it is not retried: %s", write.describe(), str(exc)[:300])
-                self._done(refused=True)
+                if len(group) > 1:  # which of them? the head goes alone next, then the rest merged again
+                    self._alone()
+                    continue
+                log.error("MLflow refused %s; it is not retried: %s", writes[0].describe(), str(exc)[:300])
+                self._done(group, refused=1)
             except Exception as exc:  # the store is down or hangs: keep everything, retry later
                 self._unreachable(exc)
             else:
-                self._done(refused=False)
+                self._done(group, refused=0)
 
-    def _next(self) -> tuple[Write, str] | None:
-        """The head of the queue and its run's label, once there is one; None once stopped."""
+    def _next(self) -> tuple[list[int], list[Write], str] | None:
+        """The writes to store next, their numbers and their run's label: the head, and its
+        trial's ``batch`` writes that follow it and fit in one call; None once
+        stopped."""
         with self._cond:
             self._cond.wait_for(lambda: self._pending or self._stopped)
             if self._stopped:
                 return None
-            write = self._pending[0]
-            return write, self._names.get(write.trial_id, write.trial_id)
+            head, write = next(iter(self._pending.items()))
+            group = [head]
+            if write.kind == "batch" and not self._head_alone:
+                group, size = [], (0, 0, 0)
+                for number in self._by_trial[write.trial_id]:  # the head first: it is the trial's oldest
+                    later = self._pending[number]
+                    if later.kind != "batch" or not fits_with(size, later):
+                        break
+                    size = (size[0] + len(later.params), size[1] + len(later.metrics), size[2] + len(later.tags))
+                    group.append(number)
+            self._head_alone = False
+            return group, [self._pending[n] for n in group], self._names.get(write.trial_id, write.trial_id)
 
-    def _done(self, refused: bool) -> None:
+    def _alone(self) -> None:
         with self._cond:
-            if self._stopped:  # spilled meanwhile, this write included: a replay repeats it harmlessly
+            self._head_alone = True
+
+    def _done(self, group: list[int], refused: int) -> None:
+        """The writes numbered ``group`` are stored, or (``refused``) refused for good."""
+        with self._cond:
+            if self._stopped:  # spilled meanwhile, these writes included: a replay repeats them harmlessly
                 return
-            self._pending.popleft()
+            for number in group:
+                write = self._pending.pop(number)
+                self._by_trial[write.trial_id].popleft()
+                if not self._by_trial[write.trial_id]:
+                    del self._by_trial[write.trial_id]
             self.refused += refused
             self._stored_at = time.monotonic()
             if not self._pending and self._warned:

@@ -282,3 +282,40 @@ def test_batches_keep_within_mlflow_limits_in_order() -> None:
         (0, 0, 1),
     ]
     assert [m.step for w in writes for m in w.metrics] == list(range(2500))
+
+
+class CountingClient(FlakyClient):
+    """A :class:`FlakyClient` that counts its ``log_batch`` calls."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        self.calls = 0
+
+    def log_batch(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return super().log_batch(*args, **kwargs)
+
+
+def test_a_writer_behind_stores_a_trials_queued_batches_in_one_call_each_point_once(
+    store: Store, queues: Callable[..., WriteQueue]
+) -> None:
+    """Many trials reporting at once: what queued up behind a slow call goes in fewer, larger
+    calls, each trial's points in order, once, and another trial's writes are not held back."""
+    uri, exp, parent = store
+    client = CountingClient(uri)
+    client.hang.set()
+    queue = queues(uri, exp, parent, client=client)
+    queue.put(Write("t0", "batch", tags=[RunTag("fishtune.node", "n0")]))
+    wait_until(client.entered.is_set)  # the writer is in a slow call; reports queue up behind it
+    for epoch in range(10):
+        for trial in ("t1", "t2"):
+            points = [Metric("fisher_trace", float(s), 1000 + s, s) for s in range(epoch * 10, epoch * 10 + 10)]
+            queue.put(*batches(trial, metrics=points, tags=[RunTag("fishtune.node", f"n{epoch}")]))
+    client.hang.clear()
+    client.answer.set()
+    assert queue.drain(timeout_s=30) == 0 and queue.refused == 0
+    assert client.calls == 3  # t0's, then t1's 20 writes in one call, then t2's
+    for trial in ("t1", "t2"):
+        run = child(uri, exp, trial)
+        assert history(uri, run, "fisher_trace") == list(range(100))
+        assert run.data.tags["fishtune.node"] == "n9"  # a tag set twice keeps its last value
