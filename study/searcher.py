@@ -15,12 +15,14 @@ Resume after a killed driver: Tune's saved state (and this searcher's, saved wit
 older than the Optuna storage, which is written at once. A trial Optuna already holds as
 finished is not told again; an Optuna trial that was asked after the last save (RUNNING, known
 to no Tune trial) is handed to the next suggestion instead of asking a new one, so that the
-same configuration runs and the study keeps no trial RUNNING forever.
+same configuration runs and the study keeps no trial RUNNING forever. Such trials are looked
+for once per launch (and resume), at its first suggestion.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -74,10 +76,16 @@ class FishtuneOptunaSearch(OptunaSearch):
     failed ones, labels each Optuna trial with its Ray trial, and survives a resume whose saved
     state is older than the Optuna storage (module docstring)."""
 
+    # The Optuna storage ids of the orphaned trials (see _orphaned_trial_ids) not handed out
+    # yet; None until this launch's first suggest looks for them.
+    _orphans: deque[int] | None = None
+
     def suggest(self, trial_id: str) -> dict | None:
         if trial_id not in self._ot_trials and self._ot_study is not None:
-            orphan = self._orphaned_trial()
-            if orphan is not None:
+            if self._orphans is None:
+                self._orphans = deque(self._orphaned_trial_ids())
+            if self._orphans:
+                orphan = optuna.Trial(self._ot_study, self._orphans.popleft())
                 log.info(
                     "Optuna trial %d, asked before the driver stopped, runs as Ray trial %s", orphan.number, trial_id
                 )
@@ -87,20 +95,25 @@ class FishtuneOptunaSearch(OptunaSearch):
             self.set_user_attrs(trial_id, {RAY_TRIAL_ID: trial_id, RAY_TRIAL_IDS: [trial_id], MLFLOW_RUN_TAG: TRIAL_ID})
         return config
 
-    def _orphaned_trial(self) -> optuna.Trial | None:
-        """The oldest RUNNING Optuna trial that no Ray trial of this searcher holds.
+    def _orphaned_trial_ids(self) -> list[int]:
+        """The RUNNING Optuna trials that no Ray trial of this searcher holds, oldest first.
 
         One driver writes a study's storage at a time (a new launch needs the last one
         finished, and a new study folder does not join a shared storage's study of its name:
         :mod:`study.optuna_storage`), so such a trial was asked by a driver that died before
-        Tune saved it.
+        Tune saved it. Every trial asked later in this launch is held, so the storage is read
+        once per launch, not at every suggest (a read of all running trials costs as much as
+        TPE's own arithmetic: ``benchmarks/README.md``).
         """
         assert self._ot_study is not None
         held = {t._trial_id for t in self._ot_trials.values()}  # Optuna's storage id: no public accessor
-        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if frozen._trial_id not in held:
-                return optuna.Trial(self._ot_study, frozen._trial_id)
-        return None
+        running = self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return [frozen._trial_id for frozen in running if frozen._trial_id not in held]
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune's resume: the saved trials, then a new look for orphans at the next suggest."""
+        super().restore(checkpoint_path)
+        self._orphans = None
 
     def set_user_attrs(self, trial_id: str, attrs: dict[str, Any]) -> bool:
         """Set user attributes on the trial's Optuna trial; False if Optuna holds it as finished."""

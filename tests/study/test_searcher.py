@@ -213,3 +213,38 @@ def test_replicas_restored_from_a_state_without_seeds_still_report(tmp_path: Pat
     (trial,) = optuna.load_study(study_name="s", storage=url).trials
     assert trial.state == optuna.trial.TrialState.COMPLETE and SEEDS not in trial.user_attrs
     assert trial.user_attrs[SEED_VALUES] == [0.8, 0.6]
+
+
+SEARCHED = """
+name: s
+model: {name: mlp}
+search:
+  space: {train.lr: {loguniform: [1.0e-3, 1.0e-1]}}
+  sampler: random
+  num_samples: 10
+"""
+
+
+def test_orphaned_trials_are_looked_for_once_per_launch(tmp_path: Path) -> None:
+    """A trial a dead driver left RUNNING is taken at the launch's first suggest; one asked by
+    someone else during the launch is not (the storage is not read again at every suggest),
+    and the next launch takes it."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+
+    def launch() -> Searcher:
+        searcher = build_searcher(parse_spec(yaml.safe_load(SEARCHED)).search, "s", url)
+        searcher.set_search_properties("val_accuracy", "max", {})
+        return searcher
+
+    searcher = launch()
+    space = {"train.lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)}
+    other = optuna.load_study(study_name="s", storage=url)
+    left = other.ask(space)  # a driver that died after asking
+    searcher = launch()
+    assert searcher.suggest("a") == left.params
+    late = other.ask(space)  # asked while this launch runs
+    assert searcher.suggest("b") != late.params
+    searcher.on_trial_complete("a", done(0.5)), searcher.on_trial_complete("b", done(0.6))
+    assert launch().suggest("c") == late.params
+    attrs = [t.user_attrs.get(RAY_TRIAL_ID) for t in optuna.load_study(study_name="s", storage=url).trials]
+    assert attrs == ["a", "c", "b"]
