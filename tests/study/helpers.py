@@ -78,6 +78,24 @@ def run_cli(args: list[str], cwd: Path, script: str = CLI) -> subprocess.Complet
     return subprocess.run([sys.executable, "-c", script, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
+def run_until(
+    command: list[str], cwd: Path, line_prefix: str, env: dict[str, str], timeout_s: float = 240
+) -> tuple[subprocess.Popen[str], str]:
+    """Start ``command`` in its own process group and read its output up to the first line
+    starting with ``line_prefix`` (or past ``timeout_s``); the child keeps running."""
+    proc = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    lines = []
+    deadline = time.monotonic() + timeout_s
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(line_prefix) or time.monotonic() > deadline:
+            break
+    return proc, "".join(lines)
+
+
 def answers(url: str) -> bool:
     """Whether ``url`` answers 200 right now."""
     try:

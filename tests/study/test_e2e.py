@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -18,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from study.cli import main
 from study.store import StudyStore
 
-from .helpers import ROOT, children, optuna_trials, tiny_spec
+from .helpers import ROOT, children, optuna_trials, run_until, tiny_spec
 
 pytestmark = pytest.mark.ray
 
@@ -138,17 +137,10 @@ def test_interrupted_study_resumes_without_duplicates(
     spec = tiny_spec(tmp_path, name, num_samples=6, max_concurrent=1)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "study", "run", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_uri]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    deadline = time.monotonic() + 240
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("[2/6]") or time.monotonic() > deadline:
-            break
+    proc, head = run_until(command, tmp_path, "[2/6]", env)
     proc.send_signal(signum)
     rest, _ = proc.communicate(timeout=120)
-    output = "".join(lines) + rest
+    output = head + rest
     assert proc.returncode == 130, output
     assert f"fishtune resume {name}" in output
     assert StudyStore(storage, name).launches()[-1].finished is False

@@ -32,7 +32,7 @@ from study.cli import main
 from study.spec_core import masked
 from study.store import StudyStore
 
-from .helpers import children, free_port, tiny_spec, wait_for
+from .helpers import children, free_port, run_until, tiny_spec, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.postgres]
 POSTGRES_ENV = "FISHTUNE_TEST_POSTGRES_URL"
@@ -155,22 +155,13 @@ def test_study_on_an_mlflow_server_and_optuna_on_postgres_resumes_and_counts_rig
     spec = tiny_spec(tmp_path, name, num_samples=3, max_concurrent=1, storage=optuna_url)
     run = [sys.executable, "-m", "study", "run", str(spec), "--storage", str(storage), "--tracking-uri", tracking]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        run, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    lines = []
+    proc, head = run_until(run, tmp_path, "[1/3]", env)
     try:
-        deadline = time.monotonic() + 240
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("[1/3]") or time.monotonic() > deadline:
-                break
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=120)
     finally:
         stop_group(proc)  # what is left of the local Ray it started
-    output = "".join(lines) + rest
+    output = head + rest
     assert proc.returncode == 130, output
     assert f"Optuna: {masked(optuna_url)}" in output and f"MLflow: {tracking}" in output
     assert "View run" not in output  # MLflow's own line per ended run, among the progress lines

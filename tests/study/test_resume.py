@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -23,26 +22,10 @@ from study.cli import main
 from study.searcher import MLFLOW_RUN_TAG, OUTCOME_ATTR, RAY_TRIAL_IDS, SEED_VALUES, SEEDS
 from study.store import StudyStore
 
-from .helpers import children, optuna_trials, tiny_spec
+from .helpers import children, optuna_trials, run_until, tiny_spec
 
 pytestmark = pytest.mark.ray
 CURVES = ("fisher_trace", "train_loss", "val_accuracy", "epoch")
-
-
-def run_until(command: list[str], cwd: Path, line_prefix: str, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    """Start ``command`` in its own process group and read its output up to a line starting
-    with ``line_prefix``."""
-    proc = subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    lines = []
-    deadline = time.monotonic() + 240
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith(line_prefix) or time.monotonic() > deadline:
-            break
-    return proc, "".join(lines)
 
 
 def kill_group(pgid: int, timeout_s: float = 30) -> None:
