@@ -98,15 +98,18 @@ class SpectrumConfig:
 class FisherConfig:
     """How Tr(F) is measured on the fixed probe of ``samples`` training examples.
 
-    ``labels``: ``exact`` (the expectation over classes, no label noise), ``sampled``
-    (``label_samples`` labels per example from the model's softmax; default 1, the paper's
-    estimator) or ``empirical`` (exact, plus ``fisher_trace_empirical`` with the true labels).
+    ``labels``: ``exact`` (the expectation over classes, no label noise), ``top`` (the
+    ``top_classes`` classes of largest probability exactly, default 1, plus one label drawn from
+    the rest: unbiased, top_classes + 1 rows), ``sampled`` (``label_samples`` labels per example
+    from the model's softmax; default 1, the paper's estimator) or ``empirical`` (exact, plus
+    ``fisher_trace_empirical`` with the true labels).
     ``spectrum``: also the top-k eigenvalues of the same probe Fisher at every point (off by default).
     """
 
     samples: int = 64
-    labels: Literal["sampled", "exact", "empirical"] = "exact"
+    labels: Literal["sampled", "exact", "top", "empirical"] = "exact"
     label_samples: int | None = None
+    top_classes: int | None = None
     epsilon: float | None = None  # None → the data set's default (resolved in TrialConfig)
     per_layer: bool = False
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -119,14 +122,25 @@ class FisherConfig:
             require(
                 self.labels == "sampled" and self.label_samples >= 1, "fisher.label_samples", why, self.label_samples
             )
+        if self.top_classes is not None:
+            why = "an integer ≥ 1, with fisher.labels: top only"
+            require(self.labels == "top" and self.top_classes >= 1, "fisher.top_classes", why, self.top_classes)
         if self.epsilon is not None:
             require(self.epsilon > 0, "fisher.epsilon", "> 0", self.epsilon)
 
     @property
-    def trace_labels(self) -> Literal["exact"] | None:
+    def trace_labels(self) -> Literal["exact", "top"] | None:
         """The ``labels`` argument of :func:`trainables.fisher.fisher_trace` for the true Fisher:
-        ``None`` (sample from the model) or ``"exact"`` (also for ``empirical``)."""
-        return None if self.labels == "sampled" else "exact"
+        ``None`` (sample from the model), ``"top"`` or ``"exact"`` (also for ``empirical``)."""
+        if self.labels == "sampled":
+            return None
+        return "top" if self.labels == "top" else "exact"
+
+    @property
+    def top(self) -> int | None:
+        """The ``top_classes`` argument of :func:`trainables.fisher.fisher_trace`: with ``top``,
+        ``top_classes`` (default 1), else None."""
+        return (self.top_classes or 1) if self.labels == "top" else None
 
     @property
     def draws(self) -> int:
@@ -137,10 +151,11 @@ class FisherConfig:
         """One Tr(F) point's cost in training steps, the schedule's cost model.
 
         A point runs one forward of the probe and back-propagates one row per probe example and
-        label set: C for exact, C + 1 for empirical, K for sampled. Per probe example the forward
-        costs :data:`FORWARD_COST` and a row :data:`ROW_COST` of a training example's step (the
-        backward stops at the layer outputs), so a point costs (FORWARD_COST + ROW_COST × rows) ×
-        samples / batch_size steps.
+        label set: C for exact, C + 1 for empirical, min(top_classes + 1, C) for top, K for
+        sampled. Per probe example the forward costs :data:`FORWARD_COST` and a row
+        :data:`ROW_COST` of a training example's step (the backward stops at the layer outputs),
+        so a point costs (FORWARD_COST + ROW_COST × rows) × samples / batch_size steps.
         """
-        rows = {"exact": num_classes, "empirical": num_classes + 1, "sampled": self.draws}[self.labels]
+        top = min((self.top or 0) + 1, num_classes)
+        rows = {"exact": num_classes, "empirical": num_classes + 1, "top": top, "sampled": self.draws}[self.labels]
         return (FORWARD_COST + ROW_COST * rows) * self.samples / batch_size
