@@ -1,10 +1,13 @@
 """Tr(F), the trace of the Fisher information, from exact per-example gradient norms; its top eigenvalues.
 
-Tr(F) = E_x Σ_c p_c(x) ‖∇θ CE(f(x), c)‖² (paper Eq. 2). Three estimators on a probe set, chosen
+Tr(F) = E_x Σ_c p_c(x) ‖∇θ CE(f(x), c)‖² (paper Eq. 2). Four estimators on a probe set, chosen
 by ``labels``:
 
 - ``"exact"``: the expectation over classes computed exactly, per example. No label noise; the
-  only randomness left is which examples form the probe.
+  only randomness left is which examples form the probe. C back-propagated rows per example.
+- ``"top"``: the ``top_classes`` = r classes of largest p_c(x) exactly, plus one label drawn
+  from the other classes in proportion to p_c, weighted by their total mass: unbiased for the
+  exact value with r + 1 rows, and exact when the other classes carry no mass (or r ≥ C − 1).
 - ``None`` (sampled): ``label_samples`` = K labels per example drawn from the model's softmax
   (K = 1 is the paper's Monte-Carlo estimate); unbiased for the exact value.
 - a label tensor: the same mean with the given labels, the empirical Fisher's trace (a
@@ -48,7 +51,7 @@ __all__ = [
 
 DEFAULT_CHUNK = 256
 
-Labels = torch.Tensor | Literal["exact"] | None
+Labels = torch.Tensor | Literal["exact", "top"] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +60,10 @@ class TraceEstimate:
 
     ``stderr`` is the standard error of ``mean`` as an estimate of the training set's Tr(F):
     the sample std of the per-example values / √n. A per-example value is Σ_c p_c‖g_c‖² (exact),
-    the mean over its K sampled labels (sampled), or ‖g_y‖² (given labels), so ``stderr`` covers
-    the choice of probe examples and, where labels are sampled, the label draws too.
+    its top classes' terms plus the rest's mass × one drawn class's ‖g‖² (top), the mean over its
+    K sampled labels (sampled), or ‖g_y‖² (given labels). Where labels are drawn the per-example
+    value is random, independently across examples, so ``stderr`` covers the choice of probe
+    examples and the label draws together.
     """
 
     mean: float
@@ -149,12 +154,14 @@ def fisher_trace(
     generator: torch.Generator | None = None,
     *,
     label_samples: int = 1,
+    top_classes: int | None = None,
     per_layer: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
 ) -> TraceEstimate:
-    """Tr(F) on ``inputs``: ``"exact"`` over classes, ``None`` → K labels sampled from the model,
-    or a label tensor (the empirical Fisher). ``generator``: a CPU generator, sampled labels only."""
-    targets = _targets(labels, generator, label_samples, len(inputs))
+    """Tr(F) on ``inputs``: ``"exact"`` over classes, ``"top"`` (``top_classes`` exact, one drawn
+    from the rest), ``None`` → K labels sampled from the model, or a label tensor (the empirical
+    Fisher). ``generator``: a CPU generator, for drawn labels only."""
+    targets = _targets(labels, generator, label_samples, top_classes, len(inputs))
     layers = _per_layer_values(model, inputs, targets, chunk_size)
     shares = {path: v.double().mean().item() for path, v in layers.items()} if per_layer else {}
     return trace_estimate(_total(layers, inputs), shares)
@@ -168,13 +175,22 @@ def trace_estimate(values: torch.Tensor, per_layer: dict[str, float] | None = No
     return TraceEstimate(mean=values.mean().item(), stderr=stderr, n=n, per_layer=per_layer or {})
 
 
-def _targets(labels: Labels, generator: torch.Generator | None, label_samples: int, n: int) -> Targets:
+def _targets(
+    labels: Labels, generator: torch.Generator | None, label_samples: int, top_classes: int | None, n: int
+) -> Targets:
+    if (isinstance(labels, str) and labels == "top") != (top_classes is not None):
+        raise ValueError("top_classes: an integer ≥ 1 with labels='top' (and only then)")
     if isinstance(labels, str):
-        if labels != "exact":
-            raise ValueError(f"labels: expected 'exact', None or a label tensor, got {labels!r}")
+        if labels not in ("exact", "top"):
+            raise ValueError(f"labels: expected 'exact', 'top', None or a label tensor, got {labels!r}")
         if label_samples != 1:
-            raise ValueError("label_samples: the exact expectation over classes samples no labels; leave it at 1")
-        return Targets("exact")
+            raise ValueError(f"label_samples: labels={labels!r} draws at most one label per example; leave it at 1")
+        if labels == "exact":
+            return Targets("exact")
+        assert top_classes is not None
+        if top_classes < 1:
+            raise ValueError(f"top_classes: expected an integer ≥ 1, got {top_classes!r}")
+        return Targets("top", uniforms(n, 1, generator), top_classes)
     if labels is None:
         if label_samples < 1:
             raise ValueError(f"label_samples: expected an integer ≥ 1, got {label_samples!r}")
@@ -192,6 +208,7 @@ def fisher_spectrum(
     generator: torch.Generator | None = None,
     *,
     label_samples: int = 1,
+    top_classes: int | None = None,
     chunk_size: int = DEFAULT_CHUNK,
 ) -> SpectrumEstimate:
     """The top-``k`` eigenvalues of the probe Fisher F = (1/N) Σ_i Σ_k w_ik g_ik g_ikᵀ (descending,
@@ -201,12 +218,9 @@ def fisher_spectrum(
     the Gram matrix of the per-example gradients where it fits, Lanczos on Fisher-vector
     products otherwise (:mod:`trainables.spectrum`)."""
     check_k(k, model)
-    targets = _targets(labels, generator, label_samples, len(inputs))
-    if targets.kind == "exact":
-        with torch.no_grad(), eval_mode(model):
-            sets = model(inputs[:1]).shape[1]
-    else:
-        sets = 1 if targets.kind == "given" else label_samples
+    targets = _targets(labels, generator, label_samples, top_classes, len(inputs))
+    with torch.no_grad(), eval_mode(model):
+        sets = targets.sets(model(inputs[:1]).shape[1])
     estimate = gram_spectrum(model, inputs, targets, sets, k, chunk_size)
     if estimate is not None:
         return estimate

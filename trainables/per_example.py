@@ -80,11 +80,20 @@ class Targets:
     Σ_k w_k ‖∇θ CE(f(x), y_k)‖².
     """
 
-    kind: Literal["given", "sampled", "exact"]
-    values: torch.Tensor | None = None  # given: (M,) labels; sampled: (M, K) uniforms in [0, 1)
+    kind: Literal["given", "sampled", "exact", "top"]
+    values: torch.Tensor | None = None  # given: (M,) labels; sampled: (M, K), top: (M, 1) uniforms in [0, 1)
+    top: int = 0  # top: the classes of largest p_c(x) taken exactly
 
     def chunk(self, start: int, end: int) -> Targets:
-        return Targets(self.kind, None if self.values is None else self.values[start:end])
+        return Targets(self.kind, None if self.values is None else self.values[start:end], self.top)
+
+    def sets(self, num_classes: int) -> int:
+        """Label sets (back-propagated rows) per example."""
+        if self.kind == "exact":
+            return num_classes
+        if self.kind == "top":
+            return min(self.top + 1, num_classes)
+        return 1 if self.values is None or self.values.dim() == 1 else self.values.shape[1]
 
     def labels_for(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m, c = probs.shape
@@ -94,6 +103,9 @@ class Targets:
         assert self.values is not None
         if self.kind == "given":
             return self.values.unsqueeze(0), torch.ones(1, m, dtype=probs.dtype, device=probs.device)
+        if self.kind == "top":
+            labels, weights = top_and_rest(probs.detach().double().cpu(), self.top, self.values[:, 0])
+            return labels.T.to(probs.device), weights.T.to(probs.device, probs.dtype)
         labels = inverse_cdf(probs.detach().double().cpu(), self.values).T.to(probs.device)
         k = labels.shape[0]
         return labels, torch.full((k, m), 1.0 / k, dtype=probs.dtype, device=probs.device)
@@ -104,6 +116,25 @@ def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     cdf = probs.cumsum(1)
     cdf = cdf / cdf[:, -1:]  # the last bin closes at exactly 1
     return torch.searchsorted(cdf, uniforms.to(cdf.dtype), right=True).clamp_(max=probs.shape[1] - 1)
+
+
+def top_and_rest(probs: torch.Tensor, top: int, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, R) labels and weights: the ``top`` classes of largest p_c weighted by p_c, then one class
+    drawn from the rest in proportion to p_c (uniforms ``u``, (M,)) weighted by the rest's mass.
+
+    Σ_k w_k ‖g_{y_k}‖² is then unbiased for Σ_c p_c ‖g_c‖² (the rest's term is its mass times an
+    average drawn in proportion to p_c), and exact where the rest has one class or none; R =
+    min(top + 1, C). Stratified sampling: the label noise is only the rest's, which shrinks with
+    its mass as training concentrates p on few classes.
+    """
+    c = probs.shape[1]
+    weights, labels = probs.topk(min(top, c), dim=1)
+    if top >= c:
+        return labels, weights
+    rest = probs.scatter(1, labels, 0.0)
+    mass = rest.sum(1, keepdim=True)
+    drawn = inverse_cdf(torch.where(mass > 0, rest, 1.0), u.unsqueeze(1))  # mass 0: any class, weight 0
+    return torch.cat([labels, drawn], 1), torch.cat([weights, mass], 1)
 
 
 def uniforms(n: int, k: int, generator: torch.Generator | None) -> torch.Tensor:

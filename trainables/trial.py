@@ -100,6 +100,7 @@ class Trial:
                 labels=fisher.trace_labels,
                 generator=seeded_generator(seed, step),
                 label_samples=fisher.draws,
+                top_classes=fisher.top,
                 per_layer=fisher.per_layer,
             )
             out.update({names.layer_metric(path): v for path, v in est.per_layer.items()})
@@ -111,6 +112,7 @@ class Trial:
                 labels=fisher.trace_labels,
                 generator=seeded_generator(seed, step),
                 label_samples=fisher.draws,
+                top_classes=fisher.top,
             )
             est = trace_estimate(spectrum.per_example)
             lam = spectrum.eigenvalues.tolist()
