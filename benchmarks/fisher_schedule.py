@@ -124,10 +124,13 @@ def label_noise(cfg: TrialConfig, peak_epoch: float, draws: int) -> dict[str, fl
     probe = splits.train_x[probe_indices(cfg, len(splits.train_y))]
     exact = fisher_trace(model, probe, labels="exact").mean
     estimators: dict[str, dict[str, Any]] = {
-        f"default ({cfg.fisher.labels}, K={cfg.fisher.draws})": {
+        f"default ({cfg.fisher.labels}, K={cfg.fisher.draws}, top_classes={cfg.fisher.top})": {
             "labels": cfg.fisher.trace_labels,
             "label_samples": cfg.fisher.draws,
+            "top_classes": cfg.fisher.top,
         },
+        "top, top_classes=1": {"labels": "top", "top_classes": 1},
+        "top, top_classes=2": {"labels": "top", "top_classes": 2},
         "sampled K=1": {"labels": None, "label_samples": 1},
         "sampled K=16": {"labels": None, "label_samples": 16},
     }
