@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from study.mlflow_dataset import dataset_record
 from study.mlflow_study import MAX_PARAMS_PER_BATCH, OUTCOME, ROLE, TRIAL_ID, run_name, system_tags
 from study.mlflow_summary import trial_runs, write_summary
+from study.sqlite_rows import SqliteRows
 from trainables.config import DataConfig
 from trainables.report import Outcome, step_metrics
 from trainables.schema import ConfigError
@@ -138,8 +139,11 @@ class ChildRuns:
     the label the callback gave.
     """
 
-    def __init__(self, client: MlflowClient, experiment: str, parent_run_id: str) -> None:
+    def __init__(
+        self, client: MlflowClient, experiment: str, parent_run_id: str, rows: SqliteRows | None = None
+    ) -> None:
         self.client = client
+        self.rows = rows  # a local SQLite store's tables: points and tags written without MLflow's ORM
         self.experiment = experiment
         self.parent_run_id = parent_run_id
         self._runs: dict[str, str] = {}  # trial id → run id, for runs known to exist
@@ -181,6 +185,8 @@ class ChildRuns:
             return
         run_id = self.run_id(write.trial_id, label)
         if write.kind == "batch":
+            if self._logged_as_rows(run_id, write):
+                return
             self.client.log_batch(run_id, metrics=write.metrics, params=write.params, tags=write.tags, synchronous=True)
         elif write.kind == "status":
             self.client.log_batch(run_id, tags=write.tags, synchronous=True)
@@ -195,6 +201,12 @@ class ChildRuns:
         else:
             self._log_curves(run_id)
             self.client.set_terminated(run_id, status=write.status)
+
+    def _logged_as_rows(self, run_id: str, write: Write) -> bool:
+        """Whether :attr:`rows` stored the ``batch`` write (points and tags only, on an active run)."""
+        if self.rows is None or write.params or not SqliteRows.takes(write.metrics, write.tags):
+            return False
+        return self.rows.log(run_id, write.metrics, write.tags)
 
     def _log_curves(self, run_id: str) -> None:
         """All step-level curves of the run as one ``curves.parquet`` artifact (column per metric).

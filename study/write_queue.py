@@ -12,7 +12,8 @@ every second (``benchmarks/study_scale.py``). So the writer stores the head toge
 kind, as one ``log_batch`` within MLflow's limits (:func:`~study.mlflow_writes.merged`): each
 trial's writes keep their order, and a writer that falls behind makes fewer, larger calls
 instead of falling further behind. If the store refuses a merged call for good, its writes are stored one by one, so that
-only the one at fault is dropped. At the end, :meth:`WriteQueue.drain`
+only the one at fault is dropped. On a local SQLite store the writer stores points and tags
+with :mod:`study.sqlite_rows` instead of MLflow's ORM (a few µs a point instead of ≈ 0.3 ms). At the end, :meth:`WriteQueue.drain`
 waits for the queue to empty, and :meth:`WriteQueue.spill` keeps what the store never took on
 disk, for :meth:`WriteQueue.replay` by the next launch.
 
@@ -37,6 +38,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from study.mlflow_writes import REFUSED_FOR_GOOD, ChildRuns, Write, fits_with, merged
+from study.sqlite_rows import SqliteRows
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +204,15 @@ class WriteQueue:
 
     def _write_all(self) -> None:
         """The writer thread: store the head of the queue until stopped."""
-        runs = ChildRuns(self._client or MlflowClient(self.tracking_uri), self.experiment, self.parent_run_id)
+        rows = SqliteRows.open(self.tracking_uri) if self._client is None else None
+        runs = ChildRuns(self._client or MlflowClient(self.tracking_uri), self.experiment, self.parent_run_id, rows)
+        try:
+            self._store_all(runs)
+        finally:
+            if rows is not None:
+                rows.close()
+
+    def _store_all(self, runs: ChildRuns) -> None:
         while (head := self._next()) is not None:
             group, writes, label = head
             try:

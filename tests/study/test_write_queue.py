@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import pickle
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,8 +20,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 
+from study import sqlite_rows
 from study.mlflow_study import TRIAL_ID
 from study.mlflow_writes import Write, batches
+from study.sqlite_rows import SqliteRows
 from study.write_queue import WriteQueue
 
 Store = tuple[str, str, str]  # tracking URI, experiment id, parent run id
@@ -172,11 +175,34 @@ def test_with_async_logging_on_a_batch_the_store_fails_stays_queued(
         raise MlflowException("database is locked", error_code="TEMPORARILY_UNAVAILABLE")
 
     monkeypatch.setattr(SqlAlchemyStore, "log_batch", fails)
+    monkeypatch.setattr(SqliteRows, "open", lambda uri: None)  # every write through MLflow's client
     uri, exp, parent = new_store(tmp_path)  # a store made now: its async queue logs with `fails` too
     queue = queues(uri, exp, parent, retry_pause_s=0.05)
     write = Write("t1", "batch", metrics=[Metric("fisher_trace", 1.0, 1000, 0)])
     queue.put(write)
     assert queue.drain(timeout_s=1) == 1 and queue.pending == [write]
+
+
+def test_a_sqlite_store_locked_by_another_process_keeps_the_writes_until_it_is_free(
+    store: Store, queues: Callable[..., WriteQueue], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Points and tags go straight into the SQLite tables (study.sqlite_rows): a lock held
+    longer than the writer waits is an outage like any other."""
+    monkeypatch.setattr(sqlite_rows, "LOCK_WAIT_S", 0.05)
+    uri, exp, parent = store
+    queue = queues(uri, exp, parent, retry_pause_s=0.05)
+    queue.put(*a_trial("t1")[:2])  # the run exists, its params are stored
+    wait_until(lambda: not queue.pending)
+    other = sqlite3.connect(uri.removeprefix("sqlite:///"), isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    with caplog.at_level(logging.WARNING):
+        queue.put(*a_trial("t1")[2:])
+        wait_until(lambda: "unreachable" in caplog.text)
+        time.sleep(0.3)  # several retries fail
+        assert len(queue.pending) == len(a_trial("t1")) - 2
+        other.execute("ROLLBACK")
+        assert queue.drain(timeout_s=30) == 0
+    assert_trial_stored_once(uri, exp, "t1")
 
 
 def test_put_returns_at_once_while_the_store_hangs_and_every_write_lands_once_it_answers(
