@@ -19,10 +19,25 @@ INSTALL_HINT = "pip install 'fishtune[postgres]'"
 
 
 def rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's storage on ``url``; a SQLite file is switched to write-ahead logging.
+
+    WAL: a commit appends to ``optuna.db-wal`` instead of rewriting pages through a rollback
+    journal (fewer fsyncs), and readers (``fishtune status``, the dashboard) do not block the
+    driver's writes; a suggest at 300 finished trials with 64 running took 0.21 s instead of
+    0.50 s (median of 10, a loaded machine; ``benchmarks/README.md`` has the scale runs). The mode is kept in the file. Safe for one host: a killed
+    driver loses no committed trial (the next open replays the WAL file), but every process
+    that opens the file must run on the machine that holds it (SQLite's WAL index is shared
+    memory), so a study folder is not read over a network file system while a driver runs,
+    and a copy of the folder takes ``optuna.db-wal`` along.
+    """
     # A server may close a connection left idle between two trials of an hours-long study
     # (idle timeouts, a restart): pre-ping replaces it instead of failing the next tell().
-    engine_kwargs = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    sqlite = url.startswith("sqlite")
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={} if sqlite else {"pool_pre_ping": True})
+    if sqlite:
+        with storage.engine.connect() as con:
+            con.exec_driver_sql("PRAGMA journal_mode=WAL")
+    return storage
 
 
 def check_storage(url: str | None, study_name: str, new_study: bool) -> None:

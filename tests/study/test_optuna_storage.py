@@ -4,6 +4,7 @@ against a real PostgreSQL server: test_postgres.py."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import optuna
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from study.cli import main
-from study.optuna_storage import check_storage
+from study.optuna_storage import check_storage, rdb_storage
 from study.spec import load_spec
 from study.store import StudyStore
 from trainables.schema import ConfigError
@@ -77,3 +78,9 @@ def test_inside_a_ray_job_a_relative_sqlite_storage_is_refused(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert main(["run", str(spec), "--storage", str(tmp_path / "st"), "--tracking-uri", uri]) == 2
     assert "search.storage sqlite:///optuna.db: inside a Ray job" in capsys.readouterr().err
+
+
+def test_a_sqlite_storage_is_in_write_ahead_log_mode(tmp_path: Path) -> None:
+    rdb_storage(f"sqlite:///{tmp_path / 'optuna.db'}").engine.dispose()
+    with sqlite3.connect(tmp_path / "optuna.db") as con:
+        assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
