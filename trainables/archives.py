@@ -9,7 +9,8 @@ into the cache folder is atomic (a temporary file in the same folder, then ``os.
 concurrent trials never see a partial file and concurrent downloads are harmless.
 
 Public surface: :class:`Archive` (what to fetch and what it must hash to),
-:func:`fetch_arrays`, :func:`ensure_decoded`, :func:`check_cache_dir`, :class:`DownloadProgress`
+:func:`fetch_arrays`, :func:`ensure_decoded`, :func:`check_cache_dir`, :func:`write_cache` (also
+used by generated data sets), :class:`DownloadProgress`
 (the INFO lines a download logs), and the errors
 :class:`DataUnavailable` and :class:`ChecksumMismatch`.
 """
@@ -66,7 +67,7 @@ class Archive:
 def fetch_arrays(archive: Archive, cache_dir: str) -> dict[str, np.ndarray]:
     """train_x, train_y, test_x, test_y from the decoded cache in ``cache_dir``, else from the
     verified archive (downloaded if absent), then cached."""
-    root = _root(cache_dir)
+    root = cache_root(cache_dir)
     decoded = _decoded_path(archive, root)
     if decoded.is_file():
         return _read_decoded(decoded)
@@ -77,14 +78,14 @@ def fetch_arrays(archive: Archive, cache_dir: str) -> dict[str, np.ndarray]:
         _verify(archive, path, *_digests(f))
         f.seek(0)
         arrays = _decode(archive, f)
-    _write_decoded(decoded, arrays)
+    write_cache(decoded, arrays)
     return arrays
 
 
 def ensure_decoded(archive: Archive, cache_dir: str) -> None:
     """Download, verify and decode ``archive`` into ``cache_dir`` unless its decoded cache is
     there already. Raises :class:`DataUnavailable` when it cannot."""
-    if not _decoded_path(archive, _root(cache_dir)).is_file():
+    if not _decoded_path(archive, cache_root(cache_dir)).is_file():
         fetch_arrays(archive, cache_dir)
 
 
@@ -100,7 +101,7 @@ def check_cache_dir(archive: Archive, cache_dir: str, *, dataset: str) -> None:
             f"data.cache_dir: must be an absolute path or start with ~ (trials run in their own "
             f"working directories), got {cache_dir!r}"
         )
-    root = _root(cache_dir)
+    root = cache_root(cache_dir)
     ready = (_decoded_path(archive, root), root / archive.filename)
     if any(p.is_file() and os.access(p, os.R_OK) for p in ready):
         return
@@ -119,7 +120,7 @@ def check_cache_dir(archive: Archive, cache_dir: str, *, dataset: str) -> None:
         )
 
 
-def _root(cache_dir: str) -> Path:
+def cache_root(cache_dir: str) -> Path:
     return Path(cache_dir).expanduser()
 
 
@@ -256,12 +257,13 @@ def _decode(archive: Archive, f: IO[bytes]) -> dict[str, np.ndarray]:
     }
 
 
-def _write_decoded(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Atomically, like the download; a read-only cache folder only costs a decode per trial."""
+def write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``arrays`` (train_x, train_y, test_x, test_y) into the ``.npz`` at ``path``, atomically like
+    the download; a read-only cache folder only costs a decode (or a generation) per trial."""
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     except OSError as exc:
-        logger.warning("cannot cache the decoded data in %s (%s); decoding the archive every time", path, exc)
+        logger.warning("cannot cache the data set in %s (%s); it is rebuilt for every trial", path, exc)
         return
     try:
         with os.fdopen(fd, "wb") as out:
@@ -269,7 +271,7 @@ def _write_decoded(path: Path, arrays: dict[str, np.ndarray]) -> None:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError as exc:  # e.g. a full disk: the arrays in memory are still good
-        logger.warning("cannot cache the decoded data in %s (%s); decoding the archive every time", path, exc)
+        logger.warning("cannot cache the data set in %s (%s); it is rebuilt for every trial", path, exc)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

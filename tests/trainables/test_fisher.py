@@ -107,6 +107,8 @@ REGISTRY_CASES = [
     ("simple_cnn", {"padding": "same", "width": 4, "hidden": 8}, (1, 8, 8)),
     ("simple_cnn", {"padding": "paper", "width": 4, "hidden": 8}, (3, 16, 16)),
     ("mlp", {"hidden": 8, "depth": 2}, (1, 8, 8)),
+    ("mlp", {"hidden": 8, "depth": 1}, (1, 40)),  # an MNIST-1D signal, flattened
+    ("cnn1d", {"channels": 3}, (1, 40)),
     ("resnet56", {"depth": 8, "width": 4}, (3, 8, 8)),
     ("vgg11", {"width": 2, "hidden": 8}, (3, 32, 32)),
     ("vgg11", {"width": 2, "hidden": 0, "batch_norm": True}, (3, 32, 32)),

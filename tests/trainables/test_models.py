@@ -25,6 +25,7 @@ from .fisher_cases import reference_norms, routes
 TINY = [  # (name, options, input shape): seconds on CPU
     ("simple_cnn", {"padding": "same", "width": 4, "hidden": 8}, (1, 8, 8)),
     ("mlp", {"hidden": 8, "depth": 2}, (1, 8, 8)),
+    ("cnn1d", {"channels": 3}, (1, 40)),
     ("resnet56", {"depth": 8, "width": 4}, (3, 8, 8)),
     ("vgg11", {"width": 2, "hidden": 8}, (3, 32, 32)),
     ("vgg11", {"width": 2, "hidden": 0, "batch_norm": True}, (3, 32, 32)),
@@ -82,6 +83,28 @@ PAPER_SIZES = [  # (name, options, classes, published parameter count, relative 
     # VGG-11's convs (torchvision's vgg11 features: 9,220,480) + 512-512-100 classifier
     ("vgg11", {}, 100, 9_220_480 + (512 * 512 + 512) * 2 + 512 * 100 + 100, 0.0),
 ]
+
+
+def test_cnn1d_is_mnist1d_convbase() -> None:
+    """Greydanus (2020)'s ConvBase on a 40-sample signal: 25 channels, lengths 40 → 19 → 10 → 5."""
+    model = build("cnn1d", {}, (1, 40))
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv1d)]
+    assert [(c.kernel_size, c.stride, c.padding, c.out_channels) for c in convs] == [((5,), (2,), (1,), 25)] + [
+        ((3,), (2,), (1,), 25)
+    ] * 2
+    assert sum(p.numel() for p in model.parameters()) == (25 * 5 + 25) + 2 * (25 * 25 * 3 + 25) + (25 * 5 * 10 + 10)
+    assert model(torch.randn(4, 1, 40)).shape == (4, 10)
+
+
+def test_models_refuse_the_other_kind_of_input() -> None:
+    with pytest.raises(
+        ConfigError, match=r"model: cnn1d needs 1-D signal inputs \(channels, length\), got shape \(1, 8, 8\)"
+    ):
+        build("cnn1d", {}, (1, 8, 8))
+    with pytest.raises(
+        ConfigError, match=r"model: simple_cnn needs image inputs .*; for 1-D signals choose cnn1d or mlp$"
+    ):
+        build("simple_cnn", {}, (1, 40))
 
 
 @pytest.mark.parametrize(("name", "options", "classes", "published", "rel"), PAPER_SIZES)

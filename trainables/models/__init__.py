@@ -4,12 +4,13 @@ Models are written in plain torch (no torchvision: there is no CPU build of it h
 operations are avoided so hook-based per-example gradient norms stay exact.
 
 - ``simple_cnn``, ``mlp``: the paper's SimpleCNN and a small MLP (PyTorch's default init);
+- ``cnn1d``: MNIST-1D's reference 1-D convolutional network, for signals (PyTorch's default init);
 - ``resnet56``: the CIFAR ResNet of He et al. (depth 6n + 2, BatchNorm);
 - ``vgg11``, ``wrn``, ``densenet_bc``: the paper's Table 1 models (VGG-11 without BN, WRN-44-3
   without BN via SkipInit, DenseNet L=40 k=12 with BN), sized for 32×32 inputs, with the
   He-normal init of their reference implementations.
 
-One module per family (``plain``, ``vgg``, ``resnets``, ``densenet``), each with its options
+One module per family (``plain``, ``signals``, ``vgg``, ``resnets``, ``densenet``), each with its options
 next to its builder; ``common`` holds the shape check and init they share.
 """
 
@@ -25,11 +26,13 @@ from torch import nn
 from trainables.models.densenet import DenseNetOptions, densenet_bc
 from trainables.models.plain import MLPOptions, SimpleCNNOptions, mlp, simple_cnn
 from trainables.models.resnets import ResNetOptions, SkipInit, WideBlock, WRNOptions, resnet, wrn
+from trainables.models.signals import CNN1DOptions, cnn1d
 from trainables.models.vgg import VGGOptions, vgg11
 from trainables.schema import ConfigError
 
 __all__ = [
     "MODELS",
+    "CNN1DOptions",
     "DenseNetOptions",
     "MLPOptions",
     "ModelEntry",
@@ -40,6 +43,7 @@ __all__ = [
     "WRNOptions",
     "WideBlock",
     "build_model",
+    "cnn1d",
     "densenet_bc",
     "mlp",
     "model_entry",
@@ -59,6 +63,7 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {
     "simple_cnn": ModelEntry(simple_cnn, SimpleCNNOptions),
     "mlp": ModelEntry(mlp, MLPOptions),
+    "cnn1d": ModelEntry(cnn1d, CNN1DOptions),
     "resnet56": ModelEntry(resnet, ResNetOptions),
     "vgg11": ModelEntry(vgg11, VGGOptions),
     "wrn": ModelEntry(wrn, WRNOptions),

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from trainables.models.common import image_shape
 from trainables.schema import require
 
 MIN_PAPER_PX = 16  # the paper layout's two valid convs and two pools need this much
@@ -33,7 +34,7 @@ class SimpleCNNOptions:
 
 
 def simple_cnn(opts: SimpleCNNOptions, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    channels, height, width = input_shape
+    channels, height, width = image_shape("simple_cnn", input_shape)
     w = opts.width
     second = 1 if resolved_padding(opts.padding, height, width) == "same" else 0
 
