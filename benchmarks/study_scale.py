@@ -26,6 +26,7 @@ Then ``fishtune analyze`` is timed on the largest study's store.
     .venv/bin/python benchmarks/study_scale.py --quick          # smoke run, ~2 min
     .venv/bin/python benchmarks/study_scale.py                  # the table's rows (make bench-scale)
     .venv/bin/python benchmarks/study_scale.py --tune 16 --feed --sizes   # one part only
+    .venv/bin/python benchmarks/study_scale.py --plot-from benchmarks/results/a.json b.json   # one figure of several runs
 """
 
 from __future__ import annotations
@@ -75,34 +76,38 @@ def time_analyze(spec: StudySpec, work: Path) -> dict[str, Any]:
             "tail": (proc.stdout + proc.stderr)[-600:]}  # fmt: skip
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
+def plot(runs: list[dict[str, Any]], path: Path) -> None:
+    """MLflow lag against concurrency and suggest latency against study size, one line per run
+    and mode (its ``--label``), so that before/after runs share one figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for mode, marker in (("tune", "o"), ("feed", "s")):
-        rows = sorted(results.get(mode, []), key=lambda r: r["concurrency"])
-        for stat, style in (("median", "-"), ("p95", "--"), ("max", ":")):
-            xs = [r["concurrency"] for r in rows if r["mlflow_lag_s"][stat] is not None]
-            ys = [r["mlflow_lag_s"][stat] for r in rows if r["mlflow_lag_s"][stat] is not None]
-            if xs:
-                left.plot(xs, ys, style, marker=marker, label=f"{mode} {stat}")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for n, results in enumerate(runs):
+        color, label = f"C{n}", results.get("label") or f"run {n + 1}"
+        for mode, marker in (("tune", "o"), ("feed", "s")):
+            rows = sorted(results.get(mode, []), key=lambda r: r["concurrency"])
+            for stat, style in (("median", ":"), ("p95", "-")):
+                kept = [r for r in rows if r["mlflow_lag_s"][stat] is not None]
+                xs, ys = [r["concurrency"] for r in kept], [r["mlflow_lag_s"][stat] for r in kept]
+                if xs:
+                    left.plot(xs, ys, style, marker=marker, color=color, label=f"{label}: {mode} {stat}")
+        growth = results.get("optuna", {}).get("sizes", [])
+        if growth:
+            xs = [g["finished"] for g in growth]
+            label = f"{label} ({results['optuna'].get('storage', 'rdb')}, {results['optuna']['running']} running)"
+            right.plot(xs, [g["suggest_s"]["median"] for g in growth], "-o", color=color, label=f"{label}: median")
+            right.plot(xs, [g["suggest_s"]["max"] for g in growth], ":^", color=color, label=f"{label}: max")
     left.axhline(10, color="grey", lw=0.8)
     left.set(xscale="log", yscale="log", xlabel="concurrent trials (1 report/s each)",
-             ylabel="report → MLflow lag (s)", title="MLflow lag")  # fmt: skip
-    left.legend(fontsize=7)
-    growth = results.get("optuna", {}).get("sizes", [])
-    if growth:
-        xs = [g["finished"] for g in growth]
-        for key, style in (("suggest_s", "-o"), ("complete_s", "--s"), ("report_s", ":^")):
-            right.plot(xs, [g[key]["median"] for g in growth], style, label=f"{key[:-2]} median")
-        right.plot(xs, [g["suggest_s"]["max"] for g in growth], "-", alpha=0.4, label="suggest max")
+             ylabel="report → MLflow lag (s)", title="MLflow lag (target: p95 < 10 s at 256)")  # fmt: skip
+    left.legend(fontsize=6)
     right.axhline(1, color="grey", lw=0.8)
-    right.set(yscale="log", xlabel="finished trials in the study", ylabel="seconds", title="Optuna searcher")
-    right.legend(fontsize=7)
-    fig.suptitle(results.get("label", ""), fontsize=9)
+    right.set(yscale="log", xlabel="finished trials in the study", ylabel="suggest (s)",
+              title="Optuna suggest as the study grows (target: < 1 s at 2,000)")  # fmt: skip
+    right.legend(fontsize=6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -121,7 +126,14 @@ def main() -> None:
     parser.add_argument("--label", default="", help="a name for this run in the JSON and the plot")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--plot", type=Path, default=PLOT)
+    parser.add_argument("--plot-from", type=Path, nargs="+", help="only plot these result files (one line each)")
+    parser.add_argument("--optuna-storage", choices=("rdb", "journal"), default="rdb",
+                        help="the Optuna part on fishtune's RDB storage or, to compare, Optuna's JournalStorage")  # fmt: skip
     args = parser.parse_args()
+    if args.plot_from:
+        plot([json.loads(f.read_text()) for f in args.plot_from], args.plot)
+        print(f"wrote {args.plot}")
+        return
     quick = args.quick
     tune_rows = args.tune if args.tune is not None else ([4] if quick else [16, 64])
     feed_rows = args.feed if args.feed is not None else ([8] if quick else [16, 64, 256])
@@ -151,7 +163,9 @@ def main() -> None:
                     largest = spec
         if sizes:
             spec = scale_spec("scale-optuna", work, running, max(sizes) + running)
-            results["optuna"] = optuna_growth(spec, work, sizes, running, args.cycles, shape.epochs)
+            results["optuna"] = optuna_growth(
+                spec, work, sizes, running, args.cycles, shape.epochs, args.optuna_storage
+            )
             print(json.dumps(results["optuna"], indent=1), flush=True)
         if largest is not None:
             results["analyze"] = time_analyze(largest, work)
@@ -161,7 +175,7 @@ def main() -> None:
     (args.out / name).write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out / name}")
     figure = args.out / "study-scale-quick.png" if quick else args.plot  # a smoke run keeps docs/img as it is
-    plot(results, figure)
+    plot([results], figure)
     print(f"wrote {figure}")
 
 
