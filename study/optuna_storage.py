@@ -10,7 +10,10 @@ RUNNING trials for its own, :mod:`study.searcher`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
+import sqlalchemy
 
 from study.spec_core import masked
 from trainables.schema import ConfigError
@@ -18,26 +21,52 @@ from trainables.schema import ConfigError
 INSTALL_HINT = "pip install 'fishtune[postgres]'"
 
 
-def rdb_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's storage on ``url``; a SQLite file is switched to write-ahead logging.
+class SqliteStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage on a SQLite file in write-ahead-log mode, ``synchronous=NORMAL``.
 
-    WAL: a commit appends to ``optuna.db-wal`` instead of rewriting pages through a rollback
-    journal (fewer fsyncs), and readers (``fishtune status``, the dashboard) do not block the
-    driver's writes; a suggest at 300 finished trials with 64 running took 0.21 s instead of
-    0.50 s (median of 10, a loaded machine; ``benchmarks/README.md`` has the scale runs). The mode is kept in the file. Safe for one host: a killed
-    driver loses no committed trial (the next open replays the WAL file), but every process
-    that opens the file must run on the machine that holds it (SQLite's WAL index is shared
-    memory), so a study folder is not read over a network file system while a driver runs,
-    and a copy of the folder takes ``optuna.db-wal`` along.
+    WAL: a commit appends to ``optuna.db-wal`` instead of going through a rollback journal, and
+    with ``synchronous=NORMAL`` it is not fsynced (the WAL is, at each checkpoint); readers
+    (``fishtune status``, the dashboard) do not block the driver's writes. Every intermediate
+    value a trial reports is one commit on Tune's event loop, so at hundreds of trials
+    reporting each second the commit is what the loop waits for (``benchmarks/README.md``).
+
+    Safe on one host: a killed driver loses no committed trial (the next open replays the WAL
+    file); a power loss or OS crash can lose the last commits but does not corrupt the file,
+    and a resume already copes with an Optuna storage older or newer than Tune's saved state
+    (:mod:`study.searcher`). Every process that opens the file must run on the machine that
+    holds it (SQLite's WAL index is shared memory): no reading a study folder over a network
+    file system while a driver runs, and a copy of the folder takes ``optuna.db-wal`` along.
+    The mode is kept in the file; the per-connection setting is made again after unpickling
+    (Tune saves the searcher with its storage).
     """
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._tune_connections()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._tune_connections()
+
+    def _tune_connections(self) -> None:
+        sqlalchemy.event.listen(self.engine, "connect", _normal_sync)
+        self.engine.dispose()  # the connections Optuna opened so far were made without it
+        with self.engine.connect() as con:
+            con.exec_driver_sql("PRAGMA journal_mode=WAL")
+
+
+def _normal_sync(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    if url.startswith("sqlite"):
+        return SqliteStorage(url)
     # A server may close a connection left idle between two trials of an hours-long study
     # (idle timeouts, a restart): pre-ping replaces it instead of failing the next tell().
-    sqlite = url.startswith("sqlite")
-    storage = optuna.storages.RDBStorage(url, engine_kwargs={} if sqlite else {"pool_pre_ping": True})
-    if sqlite:
-        with storage.engine.connect() as con:
-            con.exec_driver_sql("PRAGMA journal_mode=WAL")
-    return storage
+    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
 
 
 def check_storage(url: str | None, study_name: str, new_study: bool) -> None:

@@ -4,7 +4,7 @@ against a real PostgreSQL server: test_postgres.py."""
 
 from __future__ import annotations
 
-import sqlite3
+import pickle
 from pathlib import Path
 
 import optuna
@@ -80,7 +80,16 @@ def test_inside_a_ray_job_a_relative_sqlite_storage_is_refused(
     assert "search.storage sqlite:///optuna.db: inside a Ray job" in capsys.readouterr().err
 
 
-def test_a_sqlite_storage_is_in_write_ahead_log_mode(tmp_path: Path) -> None:
-    rdb_storage(f"sqlite:///{tmp_path / 'optuna.db'}").engine.dispose()
-    with sqlite3.connect(tmp_path / "optuna.db") as con:
-        assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+@pytest.mark.parametrize("unpickled", [False, True], ids=["made", "unpickled"])
+def test_a_sqlite_storage_writes_ahead_without_an_fsync_per_commit(tmp_path: Path, unpickled: bool) -> None:
+    """WAL mode, synchronous=NORMAL (1) on every connection, also once Tune has unpickled it."""
+    storage = rdb_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    if unpickled:
+        storage = pickle.loads(pickle.dumps(storage))
+    with storage.engine.connect() as con:
+        modes = (
+            con.exec_driver_sql("PRAGMA journal_mode").scalar(),
+            con.exec_driver_sql("PRAGMA synchronous").scalar(),
+        )
+    storage.engine.dispose()
+    assert modes == ("wal", 1)
