@@ -15,6 +15,7 @@ TRAIN_LOSS, TRAIN_EXAMPLES = "train_loss", "train_examples"
 FISHER_TRACE, FISHER_TRACE_STDERR = "fisher_trace", "fisher_trace_stderr"
 FISHER_LAMBDA_MAX, FISHER_LAMBDA_MAX_LR = "fisher_lambda_max", "fisher_lambda_max_lr"  # fisher.spectrum only
 VAL_ACCURACY = "val_accuracy"
+TRAIN_ACCURACY_NOISY, TRAIN_ACCURACY_CLEAN = "train_accuracy_noisy", "train_accuracy_clean"  # label noise only
 
 # The trainable's final summary.
 FINAL_TEST_ACCURACY, FINAL_VAL_ACCURACY = "final_test_accuracy", "final_val_accuracy"

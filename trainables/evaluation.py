@@ -26,14 +26,23 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def epoch_metrics(model: nn.Module, splits: datasets.Splits) -> dict[str, float]:
+    """Validation and test loss and accuracy; with label noise, the training accuracy on the
+    noisy and on the clean training examples (against the labels trained on)."""
     val = evaluate(model, splits.val_x, splits.val_y)
     test = evaluate(model, splits.test_x, splits.test_y)
-    return {
+    metrics = {
         names.VAL_LOSS: val["loss"],
         names.VAL_ACCURACY: val["accuracy"],
         names.TEST_LOSS: test["loss"],
         names.TEST_ACCURACY: test["accuracy"],
     }
+    if len(splits.noisy_indices):
+        noisy = torch.zeros(len(splits.train_y), dtype=torch.bool, device=splits.train_y.device)
+        noisy[splits.noisy_indices.to(noisy.device)] = True
+        for name, subset in ((names.TRAIN_ACCURACY_NOISY, noisy), (names.TRAIN_ACCURACY_CLEAN, ~noisy)):
+            if subset.any():
+                metrics[name] = evaluate(model, splits.train_x[subset], splits.train_y[subset])["accuracy"]
+    return metrics
 
 
 def finite_model(model: nn.Module, probe: torch.Tensor) -> bool:

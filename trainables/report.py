@@ -29,7 +29,11 @@ class Outcome(StrEnum):
 # Evaluated once per epoch, on the validation and test splits.
 VAL_ACCURACY, VAL_LOSS = "val_accuracy", "val_loss"
 TEST_ACCURACY, TEST_LOSS = "test_accuracy", "test_loss"
-EPOCH_METRICS = (VAL_ACCURACY, VAL_LOSS, TEST_ACCURACY, TEST_LOSS)
+# With data.label_noise > 0, also on the whole training split, against its (corrupted) labels:
+# the examples whose label was replaced (memorisation) and the others, separately.
+TRAIN_ACCURACY_NOISY, TRAIN_ACCURACY_CLEAN = "train_accuracy_noisy", "train_accuracy_clean"
+LABEL_NOISE_METRICS = (TRAIN_ACCURACY_NOISY, TRAIN_ACCURACY_CLEAN)
+EPOCH_METRICS = (VAL_ACCURACY, VAL_LOSS, TEST_ACCURACY, TEST_LOSS, *LABEL_NOISE_METRICS)
 OBJECTIVES = (VAL_ACCURACY, VAL_LOSS)  # what a study may optimise (search.metric): never a test metric
 
 # Step-level curves, logged at the steps of the Tr(F) schedule.
