@@ -70,6 +70,8 @@ class TraceEstimate:
     stderr: float
     n: int
     per_layer: dict[str, float] = field(default_factory=dict)  # module path → its share of mean
+    # (n,) float64: the values ``mean`` averages, for reads over part of the probe
+    per_example: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
 
 def per_layer_sq_grad_norms(
@@ -172,7 +174,7 @@ def trace_estimate(values: torch.Tensor, per_layer: dict[str, float] | None = No
     values = values.double()
     n = len(values)
     stderr = values.std().item() / math.sqrt(n) if n > 1 else float("nan")
-    return TraceEstimate(mean=values.mean().item(), stderr=stderr, n=n, per_layer=per_layer or {})
+    return TraceEstimate(mean=values.mean().item(), stderr=stderr, n=n, per_layer=per_layer or {}, per_example=values)
 
 
 def _targets(

@@ -44,6 +44,9 @@ FISHER_TRACE, FISHER_TRACE_STDERR = "fisher_trace", "fisher_trace_stderr"
 FISHER_TRACE_BATCH = "fisher_trace_batch"  # the penalty's own minibatch estimate
 FISHER_TRACE_EMPIRICAL = "fisher_trace_empirical"
 FISHER_TRACE_LAYER = "fisher_trace.layer."  # prefix of the per-layer Tr(F) curves, then the module path
+# With label noise: Tr(F) averaged over the probe examples whose label was replaced, and over the others.
+FISHER_TRACE_NOISY, FISHER_TRACE_NOISY_STDERR = "fisher_trace_noisy", "fisher_trace_noisy_stderr"
+FISHER_TRACE_CLEAN, FISHER_TRACE_CLEAN_STDERR = "fisher_trace_clean", "fisher_trace_clean_stderr"
 FISHER_LAMBDA_MAX, FISHER_LAMBDA_MAX_LR = "fisher_lambda_max", "fisher_lambda_max_lr"  # fisher.spectrum only
 FISHER_EIGENVALUE = "fisher_eigenvalue."  # prefix of the top-k curves, then the rank from 1
 CURVE_METRICS = (
@@ -56,6 +59,10 @@ CURVE_METRICS = (
     FISHER_TRACE_STDERR,
     FISHER_TRACE_BATCH,
     FISHER_TRACE_EMPIRICAL,
+    FISHER_TRACE_NOISY,
+    FISHER_TRACE_NOISY_STDERR,
+    FISHER_TRACE_CLEAN,
+    FISHER_TRACE_CLEAN_STDERR,
     FISHER_LAMBDA_MAX,
     FISHER_LAMBDA_MAX_LR,
 )

@@ -13,7 +13,7 @@ from torch import nn
 from trainables import data as datasets
 from trainables import report as names
 from trainables.config import TrialConfig
-from trainables.fisher import fisher_spectrum, fisher_trace, trace_estimate
+from trainables.fisher import TraceEstimate, fisher_spectrum, fisher_trace, trace_estimate
 from trainables.fisher_config import LogSchedule
 from trainables.models import build_model
 from trainables.penalties import Penalty, make_penalty
@@ -43,6 +43,7 @@ class Trial:
     optimizer: torch.optim.Optimizer
     probe_x: torch.Tensor
     probe_y: torch.Tensor
+    probe_noisy: torch.Tensor  # bool per probe example: its training label was replaced (data.label_noise)
     schedule: LogSchedule
 
     @classmethod
@@ -79,6 +80,7 @@ class Trial:
             # (paper Eq. 1), and a fixed probe keeps the curve comparable with and without augmentation.
             probe_x=splits.train_x[probe],
             probe_y=splits.train_y[probe],
+            probe_noisy=torch.isin(probe, splits.noisy_indices.cpu()),
             schedule=schedule,
         )
 
@@ -120,6 +122,22 @@ class Trial:
             out[names.FISHER_LAMBDA_MAX] = lam[0]
             out[names.FISHER_LAMBDA_MAX_LR] = lam[0] * self.cfg.train.lr
         out.update({names.FISHER_TRACE: est.mean, names.FISHER_TRACE_STDERR: est.stderr})
+        out.update(self._noisy_and_clean(est))
         if fisher.labels == "empirical":
             out[names.FISHER_TRACE_EMPIRICAL] = fisher_trace(self.model, self.probe_x, self.probe_y).mean
+        return out
+
+    def _noisy_and_clean(self, est: TraceEstimate) -> dict[str, float]:
+        """Tr(F) over the probe's noisy-label examples and over its clean ones (label noise only)."""
+        if not self.probe_noisy.any() or est.per_example is None:
+            return {}
+        out: dict[str, float] = {}
+        groups = (
+            (names.FISHER_TRACE_NOISY, names.FISHER_TRACE_NOISY_STDERR, self.probe_noisy),
+            (names.FISHER_TRACE_CLEAN, names.FISHER_TRACE_CLEAN_STDERR, ~self.probe_noisy),
+        )
+        for name, stderr_name, members in groups:
+            if members.any():
+                part = trace_estimate(est.per_example[members.to(est.per_example.device)])
+                out[name], out[stderr_name] = part.mean, part.stderr
         return out

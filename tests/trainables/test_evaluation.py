@@ -1,4 +1,5 @@
-"""Whole-split evaluation: the epoch metrics, and the noisy/clean training accuracy under label noise."""
+"""Whole-split evaluation, and what a trial with label noise reports on its noisy and clean examples:
+the training accuracy each epoch, Tr(F) at each point."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from trainables.config import TrialConfig
 from trainables.data import Splits
 from trainables.evaluation import epoch_metrics
 from trainables.loop import train
+from trainables.trial import Trial, probe_indices
 
 
 class Lookup(nn.Module):
@@ -56,3 +58,38 @@ def test_a_trial_with_label_noise_reports_both_every_epoch() -> None:
         ).metrics  # as the driver reads the report
         assert restored[report.TRAIN_ACCURACY_NOISY] == r.metrics[report.TRAIN_ACCURACY_NOISY]
     assert reports[-1].metrics[report.TRAIN_ACCURACY_CLEAN] > reports[-1].metrics[report.TRAIN_ACCURACY_NOISY]
+
+
+def test_tr_f_over_the_noisy_and_clean_probe_examples_adds_up_to_the_probe_mean() -> None:
+    cfg = TrialConfig.from_mapping(
+        {
+            "data": {"label_noise": 0.25},
+            "model": {"name": "mlp", "hidden": 16, "depth": 1},
+            "train": {"epochs": 1, "batch_size": 128, "lr": 0.05},
+            "fisher": {"samples": 32},
+        }
+    )
+    trial = Trial.set_up(cfg, torch.device("cpu"))
+    noisy = int(trial.probe_noisy.sum())
+    assert 0 < noisy < 32
+    assert trial.probe_noisy.tolist() == [
+        i in set(trial.splits.noisy_indices.tolist()) for i in probe_indices(cfg, trial.n_train).tolist()
+    ]
+    point = trial.measure(step=0)
+    whole = point[report.FISHER_TRACE] * 32
+    parts = point[report.FISHER_TRACE_NOISY] * noisy + point[report.FISHER_TRACE_CLEAN] * (32 - noisy)
+    assert parts == pytest.approx(whole, rel=1e-12)
+    assert point[report.FISHER_TRACE_NOISY_STDERR] > 0 and point[report.FISHER_TRACE_CLEAN_STDERR] > 0
+
+    (only,) = train(cfg, torch.device("cpu"))
+    steps = [s for s, _ in only.curves[report.FISHER_TRACE]]
+    for name in (report.FISHER_TRACE_NOISY, report.FISHER_TRACE_CLEAN):
+        assert [s for s, _ in only.curves[name]] == steps  # at every Tr(F) point
+
+
+def test_without_label_noise_no_noisy_or_clean_tr_f() -> None:
+    cfg = TrialConfig.from_mapping({"model": {"name": "mlp", "hidden": 8, "depth": 1}, "fisher": {"samples": 8}})
+    assert set(Trial.set_up(cfg, torch.device("cpu")).measure(step=0)) == {
+        report.FISHER_TRACE,
+        report.FISHER_TRACE_STDERR,
+    }
