@@ -26,6 +26,12 @@ CURVES = (
     names.FISHER_LAMBDA_MAX_LR,
     names.EPOCH,
     names.VAL_ACCURACY,
+    names.TRAIN_ACCURACY_NOISY,  # this and the four below: studies with label noise only
+    names.TRAIN_ACCURACY_CLEAN,
+    names.FISHER_TRACE_NOISY,
+    names.FISHER_TRACE_NOISY_STDERR,
+    names.FISHER_TRACE_CLEAN,
+    names.FISHER_TRACE_CLEAN_STDERR,
 )
 CURVES_FILE = "curves.parquet"
 

@@ -150,3 +150,40 @@ def accuracy_heatmap(table: pd.DataFrame) -> Figure:
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     return fig
+
+
+def memorisation_curves(
+    table: pd.DataFrame, curves: dict[str, dict[str, pd.Series]], run_ids: list[str], keys: list[str]
+) -> Figure:
+    """Under label noise: training accuracy (against the labels trained on) and Tr(F) on the
+    noisy-label examples (dashed) and the clean ones (solid) against epoch, one colour per
+    configuration (``keys``: the searched names but the seed); Tr(F) with its ±1 stderr band."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100, layout="constrained")
+    labels = [", ".join(f"{k}={row[k]}" for k in keys) or "all trials" for _, row in table.iterrows()]
+    colours = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(dict.fromkeys(labels))}
+    groups = (
+        ("clean", "-", names.TRAIN_ACCURACY_CLEAN, names.FISHER_TRACE_CLEAN, names.FISHER_TRACE_CLEAN_STDERR),
+        ("noisy", "--", names.TRAIN_ACCURACY_NOISY, names.FISHER_TRACE_NOISY, names.FISHER_TRACE_NOISY_STDERR),
+    )
+    for run_id, label in zip(run_ids, labels, strict=True):
+        c = curves.get(run_id, {})
+        epoch = c.get(names.EPOCH)
+        if epoch is None or epoch.empty:
+            continue
+        for _, style, accuracy, trace, stderr in groups:
+            acc = pd.concat({"y": c.get(accuracy), "epoch": epoch}, axis=1).dropna()
+            axes[0].plot(acc["epoch"], acc["y"], style, color=colours[label], lw=1, alpha=0.8)
+            tr = pd.concat({"y": c.get(trace), "se": c.get(stderr), "epoch": epoch}, axis=1).dropna()
+            axes[1].plot(tr["epoch"], tr["y"], style, color=colours[label], lw=1, alpha=0.8)
+            axes[1].fill_between(tr["epoch"], tr["y"] - tr["se"], tr["y"] + tr["se"], color=colours[label], alpha=0.15)
+    axes[0].set_ylabel("training accuracy (labels trained on)")
+    axes[0].set_ylim(0, 1)
+    axes[1].set_ylabel("Tr(F) on the probe's examples")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    handles = [plt.Line2D([], [], color=colour, label=label) for label, colour in colours.items()]
+    handles += [plt.Line2D([], [], color="k", ls=style, label=group) for group, style, *_ in groups]
+    axes[0].legend(handles=handles, fontsize=7)
+    fig.suptitle("Memorisation: noisy-label vs clean training examples (dashed: noisy)")
+    return fig

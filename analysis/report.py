@@ -127,6 +127,10 @@ def write_report(study: StudyData, table: pd.DataFrame, report: dict[str, Any], 
             momentum = _float(study.params.get("train.momentum"))
             run_ids = list(study.runs["run_id"])
             figures["fisher_spectrum.png"] = plots.spectrum_curves(table, study.curves, run_ids, momentum)
+        if any(len(c.get(names.TRAIN_ACCURACY_NOISY, ())) for c in study.curves.values()):
+            keys = configuration_keys(study.searched)
+            run_ids = list(study.runs["run_id"])
+            figures["memorisation.png"] = plots.memorisation_curves(table, study.curves, run_ids, keys)
         for name, fig in figures.items():
             fig.savefig(out / name)
             plt.close(fig)
