@@ -13,7 +13,10 @@ kind, as one ``log_batch`` within MLflow's limits (:func:`~study.mlflow_writes.m
 trial's writes keep their order, and a writer that falls behind makes fewer, larger calls
 instead of falling further behind. If the store refuses a merged call for good, its writes are stored one by one, so that
 only the one at fault is dropped. On a local SQLite store the writer stores points and tags
-with :mod:`study.sqlite_rows` instead of MLflow's ORM (a few µs a point instead of ≈ 0.3 ms). At the end, :meth:`WriteQueue.drain`
+with :mod:`study.sqlite_rows` instead of MLflow's ORM (a few µs a point instead of ≈ 0.3 ms).
+The parent run's summary (rewritten after each finished trial, from every trial run) is the
+one write that can be skipped: while a newer one is queued, it is stored at most every
+:data:`SUMMARY_EVERY_S`, and the last one always. At the end, :meth:`WriteQueue.drain`
 waits for the queue to empty, and :meth:`WriteQueue.spill` keeps what the store never took on
 disk, for :meth:`WriteQueue.replay` by the next launch.
 
@@ -42,6 +45,7 @@ from study.sqlite_rows import SqliteRows
 
 log = logging.getLogger(__name__)
 
+SUMMARY_EVERY_S = 30.0  # how stale the parent run's summary may be while a newer one is queued
 RETRY_PAUSE_S = 10.0  # after a failed write, before the writer tries the store again
 DRAIN_POLL_S = 2.0  # the same pause while :meth:`WriteQueue.drain` waits
 REPLAY_WAIT_S = 30.0  # how long a replay waits for a store that takes nothing
@@ -77,6 +81,8 @@ class WriteQueue:
         self._pending: OrderedDict[int, Write] = OrderedDict()  # by number, in order; the head is in flight
         self._by_trial: dict[str, deque[int]] = {}  # trial id → its writes' numbers, in order
         self._count = 0  # writes numbered so far
+        self._summaries = 0  # ``summary`` writes among them
+        self._summary_at = time.monotonic()  # when the study's summary was last stored (or the queue made)
         self._append(writes)
 
     def _append(self, writes: tuple[Write, ...] | list[Write]) -> None:
@@ -84,6 +90,7 @@ class WriteQueue:
             self._pending[self._count] = write
             self._by_trial.setdefault(write.trial_id, deque()).append(self._count)
             self._count += 1
+            self._summaries += write.kind == "summary"
 
     def _start_sync(self) -> None:
         self._cond = threading.Condition()
@@ -240,6 +247,9 @@ class WriteQueue:
             if self._stopped:
                 return None
             head, write = next(iter(self._pending.items()))
+            while self._superseded(write):
+                self._pop([head])
+                head, write = next(iter(self._pending.items()))
             group = [head]
             if write.kind == "batch" and not self._head_alone:
                 group, size = [], (0, 0, 0)
@@ -252,6 +262,14 @@ class WriteQueue:
             self._head_alone = False
             return group, [self._pending[n] for n in group], self._names.get(write.trial_id, write.trial_id)
 
+    def _superseded(self, write: Write) -> bool:
+        """A ``summary`` write with a newer one queued behind it, while the stored summary is
+        younger than :data:`SUMMARY_EVERY_S`: the newer one covers it. A summary reads every
+        trial run of the study, so one per finished trial would cost the writer time that
+        grows with the study (O(trials²) in all)."""
+        recent = time.monotonic() - self._summary_at < SUMMARY_EVERY_S
+        return write.kind == "summary" and self._summaries > 1 and recent
+
     def _alone(self) -> None:
         with self._cond:
             self._head_alone = True
@@ -261,17 +279,24 @@ class WriteQueue:
         with self._cond:
             if self._stopped:  # spilled meanwhile, these writes included: a replay repeats them harmlessly
                 return
-            for number in group:
-                write = self._pending.pop(number)
-                self._by_trial[write.trial_id].popleft()
-                if not self._by_trial[write.trial_id]:
-                    del self._by_trial[write.trial_id]
+            if any(self._pending[n].kind == "summary" for n in group):
+                self._summary_at = time.monotonic()
+            self._pop(group)
             self.refused += refused
             self._stored_at = time.monotonic()
             if not self._pending and self._warned:
                 log.warning("MLflow store reachable again; every buffered write is stored")
                 self._warned = False
             self._cond.notify_all()
+
+    def _pop(self, group: list[int]) -> None:
+        """Take the writes numbered ``group`` off the queue (the caller holds the lock)."""
+        for number in group:
+            write = self._pending.pop(number)
+            self._by_trial[write.trial_id].popleft()
+            if not self._by_trial[write.trial_id]:
+                del self._by_trial[write.trial_id]
+            self._summaries -= write.kind == "summary"
 
     def _unreachable(self, exc: Exception) -> None:
         with self._cond:

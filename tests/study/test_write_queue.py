@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 
-from study import sqlite_rows
+from study import mlflow_writes, sqlite_rows
 from study.mlflow_study import TRIAL_ID
 from study.mlflow_writes import Write, batches
 from study.sqlite_rows import SqliteRows
@@ -345,3 +345,25 @@ def test_a_writer_behind_stores_a_trials_queued_batches_in_one_call_each_point_o
         run = child(uri, exp, trial)
         assert history(uri, run, "fisher_trace") == list(range(100))
         assert run.data.tags["fishtune.node"] == "n9"  # a tag set twice keeps its last value
+
+
+def test_a_writer_behind_stores_the_latest_of_the_queued_summaries_only(
+    store: Store, queues: Callable[..., WriteQueue], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each finished trial queues a rewrite of the study's summary, which reads every trial run;
+    queued behind a slow call, the summaries but the last are skipped, every trial's own writes kept."""
+    summaries: list[str] = []
+    monkeypatch.setattr(mlflow_writes, "write_summary", lambda client, exp, parent: summaries.append(exp))
+    uri, exp, parent = store
+    client = CountingClient(uri)
+    client.hang.set()
+    queue = queues(uri, exp, parent, client=client)
+    queue.put(Write("t0", "batch", tags=[RunTag("fishtune.node", "n0")]))
+    wait_until(client.entered.is_set)
+    for trial in ("t1", "t2", "t3"):
+        queue.put(Write(trial, "batch", tags=[RunTag("fishtune.outcome", "completed")]), Write(trial, "summary"))
+    client.hang.clear()
+    client.answer.set()
+    assert queue.drain(timeout_s=30) == 0 and queue.refused == 0
+    assert summaries == [exp]
+    assert all(child(uri, exp, t).data.tags["fishtune.outcome"] == "completed" for t in ("t1", "t2", "t3"))
