@@ -202,6 +202,14 @@ class ChildRuns:
             self._log_curves(run_id)
             self.client.set_terminated(run_id, status=write.status)
 
+    def _histories(self, run_id: str) -> dict[str, dict[int, float]]:
+        """The run's step metrics (:func:`~trainables.report.step_metrics` order): step → value."""
+        if self.rows is not None:  # one query instead of one history call per metric
+            found = self.rows.histories(run_id)
+            return {name: found[name] for name in step_metrics(found)}
+        names = step_metrics(self.client.get_run(run_id).data.metrics)
+        return {name: {m.step: m.value for m in self.client.get_metric_history(run_id, name)} for name in names}
+
     def _logged_as_rows(self, run_id: str, write: Write) -> bool:
         """Whether :attr:`rows` stored the ``batch`` write (points and tags only, on an active run)."""
         if self.rows is None or write.params or not SqliteRows.takes(write.metrics, write.tags):
@@ -214,11 +222,7 @@ class ChildRuns:
         MLflow 3 has no exact bulk read of metric histories; the analysis reads this file
         instead of one history call per metric and run, and falls back to them when it is absent.
         """
-        columns = {}
-        for name in step_metrics(self.client.get_run(run_id).data.metrics):
-            history = self.client.get_metric_history(run_id, name)
-            if history:
-                columns[name] = pd.Series({m.step: m.value for m in history}, dtype=float)
+        columns = {name: pd.Series(points, dtype=float) for name, points in self._histories(run_id).items() if points}
         if not columns:
             return
         frame = pd.DataFrame(columns).sort_index().rename_axis("step").reset_index()

@@ -135,5 +135,14 @@ class SqliteRows:
             raise
         return True
 
+    def histories(self, run_id: str) -> dict[str, dict[int, float]]:
+        """Every metric of the run: step → value, in ``get_metric_history``'s order (timestamp,
+        step, value), so that a step logged twice keeps the value MLflow lists last; NaN as NaN."""
+        found: dict[str, dict[int, float]] = {}
+        query = "SELECT key, step, value, is_nan FROM metrics WHERE run_uuid = ? ORDER BY timestamp, step, value"
+        for key, step, value, is_nan in self._con.execute(query, (run_id,)):
+            found.setdefault(key, {})[step] = math.nan if is_nan else value
+        return found
+
     def close(self) -> None:
         self._con.close()

@@ -16,7 +16,9 @@ only the one at fault is dropped. On a local SQLite store the writer stores poin
 with :mod:`study.sqlite_rows` instead of MLflow's ORM (a few µs a point instead of ≈ 0.3 ms).
 The parent run's summary (rewritten after each finished trial, from every trial run) is the
 one write that can be skipped: while a newer one is queued, it is stored at most every
-:data:`SUMMARY_EVERY_S`, and the last one always. At the end, :meth:`WriteQueue.drain`
+:data:`SUMMARY_EVERY_S`, and the last one always (so while the writer is behind, the parent's
+progress curves, ``trials_*`` and ``best_val_accuracy`` by finished trials, get a point at most
+that often instead of one per trial). At the end, :meth:`WriteQueue.drain`
 waits for the queue to empty, and :meth:`WriteQueue.spill` keeps what the store never took on
 disk, for :meth:`WriteQueue.replay` by the next launch.
 

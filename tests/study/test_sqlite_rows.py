@@ -67,6 +67,19 @@ def test_rows_read_back_as_mlflows_own_log_batch(store: tuple[str, MlflowClient,
     assert read_back(client, by_rows)[1] == {"loss": "0.5", "trF": "nan"}
 
 
+def test_histories_read_back_as_mlflows_metric_history(store: tuple[str, MlflowClient, str]) -> None:
+    uri, client, exp = store
+    run_id = client.create_run(exp).info.run_id
+    for metrics, tags in BATCHES:
+        client.log_batch(run_id, metrics=metrics, tags=tags, synchronous=True)
+    rows = SqliteRows.open(uri)
+    assert rows is not None
+    found = rows.histories(run_id)
+    rows.close()
+    by_mlflow = {key: {m.step: m.value for m in client.get_metric_history(run_id, key)} for key in ("loss", "trF")}
+    assert repr(dict(sorted(found.items()))) == repr(by_mlflow)  # repr: NaN == NaN
+
+
 def test_a_run_that_is_not_active_gets_nothing(store: tuple[str, MlflowClient, str]) -> None:
     uri, client, exp = store
     run_id = client.create_run(exp).info.run_id

@@ -132,7 +132,9 @@ def test_the_parent_run_summarises_the_study_and_names_stay_unique(tmp_path: Pat
     parent = client.create_run(exp, tags=tags).info.run_id
     tracking = MlflowTracking(uri, exp, parent)
     run_trial(tracking, a_trial("a", lr=0.01), epochs=1, val_accuracy=0.6)
+    assert tracking.drain(timeout_s=30) == 0  # the writer keeps up: one summary per finished trial
     run_trial(tracking, a_trial("b", lr=0.02), epochs=1, val_accuracy=0.9)
+    assert tracking.drain(timeout_s=30) == 0
     diverged = a_trial("c", lr=0.5)
     tracking.on_trial_start(0, [], diverged)
     diverged.last_result = {**report(1, checkpoint=False, val_accuracy=0.99), "fishtune_outcome": "diverged"}
