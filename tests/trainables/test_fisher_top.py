@@ -113,7 +113,7 @@ def test_config_top_classes_and_its_cost() -> None:
     assert FisherConfig(samples=64, labels="top", top_classes=20).point_cost(10, 32) == pytest.approx(
         2 * (FORWARD_COST + 10 * ROW_COST)
     )
-    assert FisherConfig(labels="top").top == 1 and FisherConfig(labels="exact").top is None
+    assert FisherConfig(labels="top").top == 2 and FisherConfig(labels="exact").top is None
     for bad in ({"labels": "exact", "top_classes": 1}, {"labels": "top", "top_classes": 0}):
         with pytest.raises(ConfigError, match=r"fisher\.top_classes"):
             FisherConfig(**bad)  # type: ignore[arg-type]
