@@ -100,9 +100,10 @@ class FisherConfig:
 
     ``labels``: ``exact`` (the expectation over classes, no label noise), ``top`` (the
     ``top_classes`` classes of largest probability exactly, default 2, plus one label drawn from
-    the rest: unbiased, top_classes + 1 rows; benchmarks/README.md has its label noise), ``sampled`` (``label_samples`` labels per example
-    from the model's softmax; default 1, the paper's estimator) or ``empirical`` (exact, plus
-    ``fisher_trace_empirical`` with the true labels).
+    the rest: unbiased, top_classes + 1 rows; benchmarks/README.md has its label noise),
+    ``sampled`` (``label_samples`` labels per example from the model's softmax; default 1, the
+    paper's estimator) or ``empirical`` (exact, plus ``fisher_trace_empirical`` with the true
+    labels).
     ``spectrum``: also the top-k eigenvalues of the same probe Fisher at every point (off by default).
     """
 
