@@ -5,8 +5,9 @@ penalty; lr and penalty coefficient fixed to ``--lr`` / ``--coef``), all in this
 
 1. **Exactness**: the exact-over-classes Tr(F) against a float64 loop over classes and examples.
 2. **Label noise at the peak**: θ trained to the epoch of the Tr(F) peak; the relative std of one
-   logged Tr(F) over ``--draws`` label draws, for the default estimator and for ``sampled`` K = 1
-   and K = 16 (the probe fixed: this is the noise of one point, not of the probe's composition).
+   logged Tr(F) over ``--draws`` label draws, for the default estimator, ``top`` with
+   ``top_classes`` 1 and 2, and ``sampled`` K = 1 and K = 16 (the probe fixed: this is the noise
+   of one point, not of the probe's composition).
 3. **Cost**: the trial's CPU time (one thread) with the default schedule against the same trial logging Tr(F)
    only at epoch ends (best of ``--repeats``, one process, one thread).
 4. **Density**: the same trial with a 4× larger and a 4× smaller budget; the peak read by the
