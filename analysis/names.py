@@ -16,6 +16,7 @@ FISHER_TRACE, FISHER_TRACE_STDERR = "fisher_trace", "fisher_trace_stderr"
 FISHER_TRACE_NOISY, FISHER_TRACE_NOISY_STDERR = "fisher_trace_noisy", "fisher_trace_noisy_stderr"  # label noise only
 FISHER_TRACE_CLEAN, FISHER_TRACE_CLEAN_STDERR = "fisher_trace_clean", "fisher_trace_clean_stderr"
 FISHER_LAMBDA_MAX, FISHER_LAMBDA_MAX_LR = "fisher_lambda_max", "fisher_lambda_max_lr"  # fisher.spectrum only
+HESSIAN_TRACE, HESSIAN_TRACE_STDERR = "hessian_trace", "hessian_trace_stderr"  # hessian.trace only
 VAL_ACCURACY = "val_accuracy"
 TRAIN_ACCURACY_NOISY, TRAIN_ACCURACY_CLEAN = "train_accuracy_noisy", "train_accuracy_clean"  # label noise only
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +23,7 @@ from trainables.schema import ConfigError, check, merge, parse, require, unflatt
 MIN_CPU = 1e-4  # Ray's resource granularity: smaller fractions are refused
 SEED_FIELD = "train.seed"
 MAX_SPEC_BYTES = 2**20  # a spec is a page of YAML; anything larger is the wrong file
-_TRIAL_SECTIONS = ("data", "model", "train", "fisher", "penalty")
+_TRIAL_SECTIONS = tuple(f.name for f in fields(TrialConfig))  # data, model, train, fisher, …
 
 
 @dataclass(frozen=True, slots=True)

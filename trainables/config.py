@@ -130,12 +130,34 @@ class PenaltyConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class HessianTraceConfig:
+    """Tr(H) of the training loss on the Tr(F) probe by Hutchinson's estimator with ``probes``
+    Gaussian probes (the paper's M = 30), at step 0 and at the end of every ``every_epochs``-th
+    epoch: a point costs about ``probes`` Hessian-vector products (benchmarks/README.md)."""
+
+    probes: int = 30
+    every_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        require(self.probes >= 2, "hessian.trace.probes", "an integer ≥ 2 (a standard error needs two)", self.probes)
+        require(self.every_epochs >= 1, "hessian.trace.every_epochs", "an integer ≥ 1", self.every_epochs)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HessianConfig:
+    """``trace``: Tr(H) by Hutchinson (off unless given, e.g. ``hessian: {trace: {probes: 30}}``)."""
+
+    trace: HessianTraceConfig | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TrialConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig.parse)
     train: TrainConfig = field(default_factory=TrainConfig)
     fisher: FisherConfig = field(default_factory=FisherConfig)
     penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
+    hessian: HessianConfig = field(default_factory=HessianConfig)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> TrialConfig:
@@ -202,4 +224,5 @@ _SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "fisher": FisherConfig,
     "penalty": PenaltyConfig,
+    "hessian": HessianConfig,
 }

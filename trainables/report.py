@@ -49,6 +49,7 @@ FISHER_TRACE_NOISY, FISHER_TRACE_NOISY_STDERR = "fisher_trace_noisy", "fisher_tr
 FISHER_TRACE_CLEAN, FISHER_TRACE_CLEAN_STDERR = "fisher_trace_clean", "fisher_trace_clean_stderr"
 FISHER_LAMBDA_MAX, FISHER_LAMBDA_MAX_LR = "fisher_lambda_max", "fisher_lambda_max_lr"  # fisher.spectrum only
 FISHER_EIGENVALUE = "fisher_eigenvalue."  # prefix of the top-k curves, then the rank from 1
+HESSIAN_TRACE, HESSIAN_TRACE_STDERR = "hessian_trace", "hessian_trace_stderr"  # hessian.trace only
 CURVE_METRICS = (
     EPOCH,
     TRAIN_LOSS,
@@ -65,6 +66,8 @@ CURVE_METRICS = (
     FISHER_TRACE_CLEAN_STDERR,
     FISHER_LAMBDA_MAX,
     FISHER_LAMBDA_MAX_LR,
+    HESSIAN_TRACE,
+    HESSIAN_TRACE_STDERR,
 )
 
 # The final summary, on the last report only.

@@ -15,6 +15,7 @@ from trainables import report as names
 from trainables.config import TrialConfig
 from trainables.fisher import TraceEstimate, fisher_spectrum, fisher_trace, trace_estimate
 from trainables.fisher_config import LogSchedule
+from trainables.hessian import hessian_trace
 from trainables.models import build_model
 from trainables.penalties import Penalty, make_penalty
 
@@ -123,9 +124,26 @@ class Trial:
             out[names.FISHER_LAMBDA_MAX_LR] = lam[0] * self.cfg.train.lr
         out.update({names.FISHER_TRACE: est.mean, names.FISHER_TRACE_STDERR: est.stderr})
         out.update(self._noisy_and_clean(est))
+        if self.hessian_due(step):
+            assert self.cfg.hessian.trace is not None
+            h = hessian_trace(
+                self.model,
+                self.probe_x,
+                self.probe_y,
+                probes=self.cfg.hessian.trace.probes,
+                generator=seeded_generator(seed, step, 4),
+            )
+            out.update({names.HESSIAN_TRACE: h.mean, names.HESSIAN_TRACE_STDERR: h.stderr})
         if fisher.labels == "empirical":
             out[names.FISHER_TRACE_EMPIRICAL] = fisher_trace(self.model, self.probe_x, self.probe_y).mean
         return out
+
+    def hessian_due(self, step: int) -> bool:
+        """Whether Tr(H) is measured at ``step``: step 0 and every ``every_epochs``-th epoch end."""
+        trace = self.cfg.hessian.trace
+        if trace is None or step % self.steps_per_epoch:
+            return False
+        return (step // self.steps_per_epoch) % trace.every_epochs == 0
 
     def _noisy_and_clean(self, est: TraceEstimate) -> dict[str, float]:
         """Tr(F) over the probe's noisy-label examples and over its clean ones (label noise only)."""
