@@ -1,4 +1,5 @@
-"""Cost of per-example squared gradient norms (Tr(F)) and of the Fisher-penalty step.
+"""Cost of per-example squared gradient norms (Tr(F)), of the Fisher spectrum and Tr(H), and of the
+Fisher-penalty step.
 
 Every figure is the median over ``--repeats`` rounds of time(method) / time(plain SGD step), the
 two timed back to back in each round (zero_grad, forward, mean CE, backward, step; same model and
@@ -6,6 +7,7 @@ batch), after warm-up, all in one process. Methods that need optional packages (
 nngeometry: ``make bench``) are skipped with a note when those are missing.
 
     .venv/bin/python benchmarks/fisher_overhead.py [--batch 128] [--repeats 15] [--threads 2] [--device cuda]
+        [--models NAME ...] [--only LABEL-PART ...]
 
 On CUDA every timing ends with ``torch.cuda.synchronize()``, so a ratio compares finished work.
 """
@@ -26,6 +28,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from trainables.fisher import fisher_spectrum, per_example_sq_grad_norms, sample_labels
+from trainables.hessian import hessian_trace
 from trainables.models import ResNetOptions, SimpleCNNOptions, resnet, simple_cnn
 from trainables.penalties import make_penalty
 
@@ -166,8 +169,15 @@ def nngeometry_method(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor]
 
 
 def measure(
-    name: str, factory: Callable[[], nn.Module], batch: int, repeats: int, device: torch.device
+    name: str,
+    factory: Callable[[], nn.Module],
+    batch: int,
+    repeats: int,
+    device: torch.device,
+    only: tuple[str, ...] = (),
 ) -> list[tuple[str, str]]:
+    """The table of one model; ``only``: keep the rows whose label contains one of these (the
+    plain step always)."""
     torch.manual_seed(0)
     model = factory().to(device)
     x, y = torch.randn(batch, 3, 32, 32, device=device), torch.randint(10, (batch,), device=device)
@@ -198,6 +208,12 @@ def measure(
         "fishtune per_example_sq_grad_norms": lambda: per_example_sq_grad_norms(probe, x, labels),
         "fishtune fisher_spectrum, k = 1 (and Tr(F))": lambda: fisher_spectrum(probe, x, 1, labels=labels),
         "fishtune fisher_spectrum, k = 5 (and Tr(F))": lambda: fisher_spectrum(probe, x, 5, labels=labels),
+        "fishtune hessian_trace, M = 30 (Tr(H), Hutchinson; one probe a backward, the default)": lambda: hessian_trace(
+            probe, x, y, probes=30, generator=torch.Generator().manual_seed(0)
+        ),
+        "fishtune hessian_trace, M = 30, probes batched 10 a backward": lambda: hessian_trace(
+            probe, x, y, probes=30, generator=torch.Generator().manual_seed(0), chunk=10
+        ),
         "per-example autograd loop": lambda: loop_norms(probe, x, labels),
         "torch.func vmap(grad)": lambda: vmap_norms(probe, x, labels),
     }
@@ -209,8 +225,11 @@ def measure(
     for label, maker in makers.items():
         made = maker(probe)
         methods[label] = made if isinstance(made, str) else (lambda f=made: f(x, labels))
+    methods = {label: fn for label, fn in methods.items() if not only or any(part in label for part in only)}
     for label, fn in methods.items():
         rows.append((label, fn if isinstance(fn, str) else f"{interleaved_ratio(fn, sgd_step, repeats):.2f}"))
+    if only and not any(part in "Fisher-penalty SGD step" for part in only):
+        return _print_table(name, batch, rows)
     every_step = penalty_step(make_penalty("fisher", 0.01, recompute_every=1))
     rows.append(
         ("Fisher-penalty SGD step, recomputed every step", f"{interleaved_ratio(every_step, sgd_step, repeats):.2f}")
@@ -218,6 +237,10 @@ def measure(
     cycle = penalty_step(make_penalty("fisher", 0.01, recompute_every=10))
     ratio = interleaved_ratio(lambda: [cycle() for _ in range(10)], sgd_step, max(3, repeats // 3), per_call=10)
     rows.append(("Fisher-penalty SGD step, recomputed every 10 (mean over a cycle)", f"{ratio:.2f}"))
+    return _print_table(name, batch, rows)
+
+
+def _print_table(name: str, batch: int, rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
     print(f"\n### {name}, batch {batch}\n\n| method | × plain SGD step |\n|---|---|")
     for label, value in rows:
         print(f"| {label} | {value} |")
@@ -231,6 +254,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--only", nargs="*", default=[], help="time only the rows whose label contains one of these")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -239,7 +263,7 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, {where}")
     for name in args.models:
-        measure(name, MODELS[name], args.batch, args.repeats, device)
+        measure(name, MODELS[name], args.batch, args.repeats, device, tuple(args.only))
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ For Gaussian probes Var(vᵀHv) = 2‖H‖_F², so unlike Tr(F) this is noisy by
 returned stderr (the probes' sample std / √M) says how noisy. The batch is fixed (the trial's
 Tr(F) probe), so the stderr covers the probes only, not the choice of examples.
 
-Probes are batched through one vmapped backward (``is_grads_batched``) in chunks of
-``chunk`` probes, which on CPU costs less than a Python loop of single products
-(benchmarks/fisher_overhead.py has the measured cost).
+``chunk`` probes share one vmapped backward (``is_grads_batched``). The default is one probe a
+backward: on the 2-core CPU, 10 probes batched 10 a backward took 17.9 / 20.4 s against 15.4 /
+13.8 s one by one on the benchmark CNN (batch 128, load 7.5), so batching buys nothing there and
+costs ``chunk`` × the memory of a product; a larger ``chunk`` may pay on a GPU
+(benchmarks/fisher_overhead.py times both).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 from trainables.fisher import TraceEstimate, trace_estimate
 from trainables.per_example import eval_mode
 
-DEFAULT_CHUNK = 10
+DEFAULT_CHUNK = 1
 
 
 def hessian_trace(
