@@ -8,10 +8,10 @@ returned stderr (the probes' sample std / √M) says how noisy. The batch is fix
 Tr(F) probe), so the stderr covers the probes only, not the choice of examples.
 
 ``chunk`` probes share one vmapped backward (``is_grads_batched``). The default is one probe a
-backward: on the 2-core CPU, 10 probes batched 10 a backward took 17.9 / 20.4 s against 15.4 /
-13.8 s one by one on the benchmark CNN (batch 128, load 7.5), so batching buys nothing there and
-costs ``chunk`` × the memory of a product; a larger ``chunk`` may pay on a GPU
-(benchmarks/fisher_overhead.py times both).
+backward, the least memory: on the 2-core CPU at load 8-9 the two were not told apart (10 probes,
+benchmark CNN, batch 128, alternated: 18.0 / 27.0 / 13.0 s one by one against 22.5 / 27.1 / 23.1 s
+batched 10, while benchmarks/fisher_overhead.py's 3 rounds of M = 30 gave the batched one 38× a
+plain step against 104×; benchmarks/README.md). A larger ``chunk`` may pay on a GPU.
 """
 
 from __future__ import annotations
