@@ -45,7 +45,7 @@ class TrialShape:
         counts: Counter[str] = Counter({name: sum(len(steps) for steps in self.logged) for name in CURVE_NAMES})
         counts.update(STEP0_NAMES)  # the point at step 0, before training, rides on the first report
         counts[names.FISHER_TRACE_BATCH] = sum(len(steps) for steps in self.batch_steps)
-        counts.update({name: self.epochs for name in names.EPOCH_METRICS})
+        counts.update({name: self.epochs for name in EPOCH_NAMES})
         counts.update({name: 1 for name in SUMMARY_NAMES})
         return counts
 
@@ -60,6 +60,8 @@ CURVE_NAMES = (
     names.FISHER_TRACE_STDERR,
 )
 STEP0_NAMES = (names.EPOCH, names.FISHER_TRACE, names.FISHER_TRACE_STDERR)
+# The epoch metrics of a trial without label noise (the synthetic one has none).
+EPOCH_NAMES = tuple(name for name in names.EPOCH_METRICS if name not in names.LABEL_NOISE_METRICS)
 SUMMARY_NAMES = (
     names.FINAL_TEST_ACCURACY,
     names.FINAL_VAL_ACCURACY,
