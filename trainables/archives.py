@@ -9,8 +9,8 @@ into the cache folder is atomic (a temporary file in the same folder, then ``os.
 concurrent trials never see a partial file and concurrent downloads are harmless.
 
 Public surface: :class:`Archive` (what to fetch and what it must hash to),
-:func:`fetch_arrays`, :func:`ensure_decoded`, :func:`check_cache_dir`, :func:`write_cache` (also
-used by generated data sets), :class:`DownloadProgress`
+:func:`fetch_arrays`, :func:`ensure_decoded`, :func:`check_cache_dir`, :func:`write_cache` and
+:func:`read_cache` (also used by generated data sets), :class:`DownloadProgress`
 (the INFO lines a download logs), and the errors
 :class:`DataUnavailable` and :class:`ChecksumMismatch`.
 """
@@ -277,14 +277,21 @@ def write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
             os.unlink(tmp)
 
 
-def _read_decoded(path: Path) -> dict[str, np.ndarray]:
+def read_cache(path: Path, dtype: type, shape: tuple[int, ...], again: str) -> dict[str, np.ndarray]:
+    """The arrays :func:`write_cache` stored at ``path``, checked to be inputs of ``dtype`` and
+    per-example ``shape`` with one label each; else :class:`DataUnavailable` naming the file and
+    what deleting it does (``again``, e.g. "decode the archive again")."""
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in _DECODED_KEYS}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise DataUnavailable(f"{path} cannot be read ({exc}); delete it to decode the archive again") from None
+        raise DataUnavailable(f"{path} cannot be read ({exc}); delete it to {again}") from None
     for split in ("train", "test"):
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
-        if x.dtype != np.uint8 or x.shape[1:] != (3, 32, 32) or y.shape != (len(x),):
-            raise DataUnavailable(f"{path} holds unexpected arrays; delete it to decode the archive again")
+        if x.dtype != dtype or x.shape[1:] != shape or y.shape != (len(x),):
+            raise DataUnavailable(f"{path} holds unexpected arrays; delete it to {again}")
     return arrays
+
+
+def _read_decoded(path: Path) -> dict[str, np.ndarray]:
+    return read_cache(path, np.uint8, (3, 32, 32), "decode the archive again")

@@ -20,13 +20,12 @@ import contextlib
 import hashlib
 import json
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trainables.archives import DataUnavailable, cache_root, write_cache
+from trainables.archives import cache_root, read_cache, write_cache
 
 SIGNAL_LENGTH = 40
 GENERATOR: dict[str, Any] = {  # mnist1d.data.get_dataset_args() of mnist1d 0.0.2, without its download URL
@@ -43,7 +42,6 @@ GENERATOR: dict[str, Any] = {  # mnist1d.data.get_dataset_args() of mnist1d 0.0.
     "final_seq_length": SIGNAL_LENGTH,
     "seed": 42,
 }
-_KEYS = ("train_x", "train_y", "test_x", "test_y")
 
 
 def arrays(cache_dir: str) -> dict[str, np.ndarray]:
@@ -51,7 +49,7 @@ def arrays(cache_dir: str) -> dict[str, np.ndarray]:
     else generated (a few seconds) and cached."""
     path = cache_path(cache_dir)
     if path.is_file():
-        return _read(path)
+        return read_cache(path, np.float32, (1, SIGNAL_LENGTH), "generate MNIST-1D again")
     generated = generate(GENERATOR)
     with contextlib.suppress(OSError):  # an unwritable folder: write_cache says so and moves on
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,16 +83,3 @@ def generate(arguments: dict[str, Any]) -> dict[str, np.ndarray]:
         "test_x": signals(made["x_test"]),
         "test_y": made["y_test"].astype(np.int64),
     }
-
-
-def _read(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            loaded = {k: z[k] for k in _KEYS}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise DataUnavailable(f"{path} cannot be read ({exc}); delete it to generate MNIST-1D again") from None
-    for split in ("train", "test"):
-        x, y = loaded[f"{split}_x"], loaded[f"{split}_y"]
-        if x.dtype != np.float32 or x.shape[1:] != (1, SIGNAL_LENGTH) or y.shape != (len(x),):
-            raise DataUnavailable(f"{path} holds unexpected arrays; delete it to generate MNIST-1D again")
-    return loaded
