@@ -24,6 +24,10 @@ from study.store import StudyStore
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = "import sys; from study.cli import main; sys.exit(main(sys.argv[1:]))"
+# Hang guards for child processes, not timings: generous, because on a loaded machine (the suite
+# with two busy processes beside it, load 6–12 on 2 cores) a child runs 5–6× slower than here quiet.
+CLI_TIMEOUT_S = 300  # one CLI command, or a driver's shutdown after a signal
+STUDY_TIMEOUT_S = 900  # a child `fishtune run` of a tiny study, start to finish
 
 
 def tiny_spec(tmp_path: Path, name: str, **search: Any) -> Path:
@@ -75,7 +79,9 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
 
 def run_cli(args: list[str], cwd: Path, script: str = CLI) -> subprocess.CompletedProcess[str]:
     """``fishtune ARGS`` in a child process started in ``cwd`` (``script`` runs the CLI's main)."""
-    return subprocess.run([sys.executable, "-c", script, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=cwd, capture_output=True, text=True, timeout=CLI_TIMEOUT_S
+    )
 
 
 def run_until(

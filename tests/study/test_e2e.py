@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from study.cli import main
 from study.store import StudyStore
 
-from .helpers import ROOT, children, optuna_trials, run_until, tiny_spec
+from .helpers import CLI_TIMEOUT_S, ROOT, STUDY_TIMEOUT_S, children, optuna_trials, run_until, tiny_spec
 
 pytestmark = pytest.mark.ray
 
@@ -139,7 +139,7 @@ def test_interrupted_study_resumes_without_duplicates(
     command = [sys.executable, "-m", "study", "run", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_uri]
     proc, head = run_until(command, tmp_path, "[2/6]", env)
     proc.send_signal(signum)
-    rest, _ = proc.communicate(timeout=120)
+    rest, _ = proc.communicate(timeout=CLI_TIMEOUT_S)
     output = head + rest
     assert proc.returncode == 130, output
     assert f"fishtune resume {name}" in output
@@ -195,7 +195,7 @@ def test_failed_trial_shows_its_error_and_exits_1(
     Path(spec).write_text(yaml.safe_dump(text, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "faults"), "FISHTUNE_TEST_FAULT": "model_raises"}
     command = [sys.executable, "-m", "study", "run", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_uri]
-    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=STUDY_TIMEOUT_S)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "failed" in proc.stdout and "injected fault: this model cannot train" in proc.stdout
     assert "on node" in proc.stdout
@@ -230,7 +230,7 @@ def test_killed_trial_worker_resumes_from_its_checkpoint_in_the_same_run(
         "FISHTUNE_TEST_KILL_AT_STEP": "12",  # in the middle of epoch 2
     }
     command = [sys.executable, "-m", "study", "run", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_uri]
-    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=STUDY_TIMEOUT_S)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert marker.is_file(), "the fault was not injected"
     assert "lost its worker" in proc.stdout and "restarting from its checkpoint of epoch 1" in proc.stdout

@@ -32,7 +32,7 @@ from study.cli import main
 from study.spec_core import masked
 from study.store import StudyStore
 
-from .helpers import children, free_port, run_until, tiny_spec, wait_for
+from .helpers import CLI_TIMEOUT_S, STUDY_TIMEOUT_S, children, free_port, run_until, tiny_spec, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.postgres]
 POSTGRES_ENV = "FISHTUNE_TEST_POSTGRES_URL"
@@ -158,7 +158,7 @@ def test_study_on_an_mlflow_server_and_optuna_on_postgres_resumes_and_counts_rig
     proc, head = run_until(run, tmp_path, "[1/3]", env)
     try:
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=120)
+        rest, _ = proc.communicate(timeout=CLI_TIMEOUT_S)
     finally:
         stop_group(proc)  # what is left of the local Ray it started
     output = head + rest
@@ -204,6 +204,6 @@ def test_mlflow_tables_on_a_new_postgres_store_are_made_once_for_two_studies(dat
     """Two drivers starting on one new PostgreSQL MLflow store (no server) at once: both go on."""
     script = f"from study.store_tables import ensure_tables; ensure_tables({databases[0]!r})"
     procs = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    errors = [p.communicate(timeout=300)[1] for p in procs]
+    errors = [p.communicate(timeout=STUDY_TIMEOUT_S)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
     assert MlflowClient(databases[0]).get_experiment_by_name("Default") is not None

@@ -22,7 +22,7 @@ from study.cli import main
 from study.searcher import MLFLOW_RUN_TAG, OUTCOME_ATTR, RAY_TRIAL_IDS, SEED_VALUES, SEEDS
 from study.store import StudyStore
 
-from .helpers import children, optuna_trials, run_until, tiny_spec
+from .helpers import CLI_TIMEOUT_S, children, optuna_trials, run_until, tiny_spec
 
 pytestmark = pytest.mark.ray
 CURVES = ("fisher_trace", "train_loss", "val_accuracy", "epoch")
@@ -67,7 +67,7 @@ def test_seed_replicated_study_resumes_after_sigint_with_every_seed_once(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc, head = run_until(command(spec, storage, mlflow_uri), tmp_path, "[3/6]", env)  # mid-configuration
     proc.send_signal(signal.SIGINT)
-    rest, _ = proc.communicate(timeout=120)
+    rest, _ = proc.communicate(timeout=CLI_TIMEOUT_S)
     assert proc.returncode == 130, head + rest
     kill_group(proc.pid)
 

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from study.store import StudyStore
 
-from .helpers import ROOT, children, free_port, tiny_spec, wait_for
+from .helpers import CLI_TIMEOUT_S, ROOT, STUDY_TIMEOUT_S, children, free_port, tiny_spec, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -207,7 +207,7 @@ def test_store_down_mid_study_is_buffered_and_written_when_it_returns(
         wait_for(lambda: "unreachable" in output(tmp_path, "outage"), 120, "the driver to notice the outage")
         wait_for(lambda: finished_trials(tmp_path, "outage") > done, 180, "a trial to finish while the store is away")
         forwarder.restore()
-        assert proc.wait(timeout=300) == 0, output(tmp_path, "outage")
+        assert proc.wait(timeout=STUDY_TIMEOUT_S) == 0, output(tmp_path, "outage")
     finally:
         proc.kill()
     text = output(tmp_path, "outage")
@@ -227,7 +227,7 @@ def test_store_that_hangs_mid_study_stalls_no_trial_and_gets_every_write_when_it
         forwarder.black_hole()
         wait_for(lambda: finished_trials(tmp_path, "hang") == 3, 240, "every trial to finish while the store hangs")
         forwarder.restore()
-        assert proc.wait(timeout=300) == 0, output(tmp_path, "hang")
+        assert proc.wait(timeout=STUDY_TIMEOUT_S) == 0, output(tmp_path, "hang")
     finally:
         proc.kill()
     assert_every_trial_complete(mlflow_server, "hang")
@@ -241,7 +241,7 @@ def test_store_still_down_at_the_end_keeps_the_data_for_resume(
     try:
         wait_for(lambda: first_epoch_logged(mlflow_server, "outage-end"), 240, "the first epoch in MLflow")
         forwarder.cut()
-        assert proc.wait(timeout=300) == 1, output(tmp_path, "outage-end")
+        assert proc.wait(timeout=STUDY_TIMEOUT_S) == 1, output(tmp_path, "outage-end")
     finally:
         proc.kill()
     kept = StudyStore(storage, "outage-end").unwritten_path
@@ -249,7 +249,7 @@ def test_store_still_down_at_the_end_keeps_the_data_for_resume(
 
     forwarder.restore()
     resume = [sys.executable, "-m", "study", "resume", "outage-end", "--storage", str(storage)]
-    done = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
     assert done.returncode == 0, done.stdout + done.stderr
     assert not kept.exists()
     assert_every_trial_complete(mlflow_server, "outage-end")
