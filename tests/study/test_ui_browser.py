@@ -163,7 +163,14 @@ def test_a_trial_run_has_its_tr_f_chart(ui: tuple[str, str]) -> None:
     run = trial_runs(uri)["t002 lr=0.05 coef=0.0011"]
     chart = run_page(url, run, "model-metrics")
     render(chart)  # a first visit loads the chart code (plotly, megabytes) into the profile's cache
-    dom = render(chart, budget_ms=25_000)
-    assert "(fisher_trace)" in dom and 'class="main-svg' in dom  # a plotted chart with its fisher_trace legend
+
+    def plotted(dom: str) -> bool:  # a plotted chart with its fisher_trace legend
+        return "(fisher_trace)" in dom and 'class="main-svg' in dom
+
+    for budget_ms in (25_000, 60_000, 120_000):  # a busy machine can still be drawing when a budget ends
+        dom = render(chart, budget_ms=budget_ms)
+        if plotted(dom):
+            break
+    assert plotted(dom), dom[-2000:]
     if shots():
         render(chart, shots() / "trf-chart.png")  # type: ignore[operator]
