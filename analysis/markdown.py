@@ -5,6 +5,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from analysis import names
+from analysis.table import FINAL_CLEAN, FINAL_NOISY
+
+# The per-configuration table: the aggregates' columns, each with its label and format.
+AGGREGATE_COLUMNS = (
+    (names.FINAL_VAL_ACCURACY, "val accuracy", ".3f"),
+    (names.FINAL_TEST_ACCURACY, "final test accuracy", ".3f"),
+    (names.BEST_TEST_ACCURACY, "best test accuracy", ".3f"),
+    (names.EARLY_FISHER_TRACE, "early Tr(F)", ".3g"),
+    (names.FISHER_PEAK, "Tr(F) peak", ".3g"),
+    (FINAL_NOISY, "train accuracy, noisy labels", ".3f"),
+    (FINAL_CLEAN, "train accuracy, clean labels", ".3f"),
+)
+
 
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -65,6 +79,32 @@ def _beyond_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _mean_std(row: dict[str, Any], name: str, fmt: str) -> str:
+    mean, std = row.get(f"{name}_mean"), row.get(f"{name}_std")
+    if mean is None:
+        return "—"
+    return f"{mean:{fmt}}" if std is None else f"{mean:{fmt}} ± {std:{fmt}}"
+
+
+def configurations_table(report: dict[str, Any]) -> list[str]:
+    """Per configuration, mean ± std over its seeds (the statistics above use one point each)."""
+    rows = report.get("aggregates", [])
+    if not rows:
+        return []
+    keys = [k for k in rows[0] if k != "n" and not k.endswith(("_mean", "_std"))]
+    stats = [column for column in AGGREGATE_COLUMNS if f"{column[0]}_mean" in rows[0]]
+    lines = [
+        "| " + " | ".join([*keys, "n", *(label for _, label, _ in stats)]) + " |",
+        "|" + "---|" * (len(keys) + 1 + len(stats)),
+    ]
+    for row in rows:
+        cells = (
+            [_fmt(row[k], 3) for k in keys] + [str(row["n"])] + [_mean_std(row, name, fmt) for name, _, fmt in stats]
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(report: dict[str, Any], images: list[str]) -> str:
     smoothing = report.get("smoothing", {})
     parts = [
@@ -93,6 +133,8 @@ def markdown(report: dict[str, Any], images: list[str]) -> str:
             "|---|---|---|",
             *(f"| {t['name']} | {_fmt(t['p'])} | {_fmt(t['p_holm'])} |" for t in report.get("family", [])),
         ]
+        if table := configurations_table(report):
+            parts += ["\nPer configuration (mean ± std over its seeds):\n", *table]
         if report.get("importances"):
             parts.append(
                 "\nKnob importance (|Spearman ρ| with final test accuracy over trials, normalised): "

@@ -22,7 +22,7 @@ from analysis.inference import MEASURES, inference, primary
 from analysis.markdown import markdown
 from analysis.measures import GRID_EPOCHS, WINDOW_EPOCHS
 from analysis.mlflow_reader import StudyData, load_study
-from analysis.table import COEF, LAMBDA_MAX_PEAK, LR, trials_table
+from analysis.table import COEF, FINAL_CLEAN, FINAL_NOISY, LAMBDA_MAX_PEAK, LR, trials_table
 
 MIN_TRIALS = 3
 EXCLUDED = (names.DIVERGED, names.FAILED, names.EARLY_STOPPED)
@@ -75,16 +75,24 @@ def build_report(
 
 
 def aggregates(used: pd.DataFrame, keys: list[str]) -> list[dict[str, Any]]:
-    """Mean ± std over seeds of final test accuracy and early Tr(F), per configuration."""
+    """Mean ± std over seeds of the accuracies and the Tr(F) reads (and, under label noise, the
+    final train accuracy on the noisy and the clean examples), per configuration."""
     if not keys or used.empty:
         return []
+    columns: tuple[str, ...] = (
+        names.FINAL_VAL_ACCURACY,
+        names.FINAL_TEST_ACCURACY,
+        names.BEST_TEST_ACCURACY,
+        *MEASURES,
+    )
+    columns += tuple(c for c in (FINAL_NOISY, FINAL_CLEAN) if c in used)
     grouped = used.groupby(keys, dropna=False)
     out = []
     for values, group in grouped:
         values = values if isinstance(values, tuple) else (values,)
         row: dict[str, Any] = dict(zip(keys, values, strict=True))
         row["n"] = len(group)
-        for name in (names.FINAL_VAL_ACCURACY, names.FINAL_TEST_ACCURACY, names.BEST_TEST_ACCURACY, *MEASURES):
+        for name in columns:
             row[f"{name}_mean"] = _clean(group[name].mean())
             row[f"{name}_std"] = _clean(group[name].std(ddof=1)) if len(group) > 1 else None
         out.append(row)

@@ -34,6 +34,8 @@ RAW = (names.EARLY_FISHER_TRACE, names.FISHER_PEAK, names.FISHER_PEAK_STEP)  # s
 EARLY_LAMBDA_MAX, LAMBDA_MAX_PEAK = "early_lambda_max", "lambda_max_peak"
 LAMBDA_MAX_LR_PEAK, OUTLIER_SHARE_AT_PEAK = "lambda_max_lr_peak", "outlier_share_at_peak"
 EMPTY = pd.Series(dtype=float)
+# Under label noise: the last epoch's train accuracy on the noisy and on the clean examples.
+FINAL_NOISY, FINAL_CLEAN = f"final_{names.TRAIN_ACCURACY_NOISY}", f"final_{names.TRAIN_ACCURACY_CLEAN}"
 
 
 def _number(value: object) -> object:
@@ -115,6 +117,9 @@ def trials_table(study: StudyData, epsilon: float, epoch_k: float, window: float
         row[f"fisher_at_epoch_{epoch_k:g}"] = fisher_at_epoch(fisher, epoch, epoch_k)
         for name in (names.FINAL_TEST_ACCURACY, names.BEST_TEST_ACCURACY, names.FINAL_VAL_ACCURACY):
             row[name] = run.get(f"metrics.{name}", math.nan)
+        for column, name in ((FINAL_NOISY, names.TRAIN_ACCURACY_NOISY), (FINAL_CLEAN, names.TRAIN_ACCURACY_CLEAN)):
+            if len(curve := curves.get(name, EMPTY).dropna()):
+                row[column] = float(curve.iloc[-1])
         mismatched = []
         for name in names.SUMMARY_METRICS:
             logged = run.get(f"metrics.{name}", math.nan)

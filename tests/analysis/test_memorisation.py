@@ -85,3 +85,29 @@ def test_analyze_draws_it_only_for_a_study_with_label_noise(tmp_path: Path) -> N
         analyze(uri, "memo", out)
         assert (out / "memorisation.png").is_file() is noisy
         assert ("memorisation.png" in (out / "report.md").read_text()) is noisy
+
+
+def test_the_report_tables_final_train_accuracy_on_noisy_and_clean_examples_per_configuration(
+    tmp_path: Path,
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'noisy.db'}"
+    store(uri, noisy=True)
+    report = analyze(uri, "memo", tmp_path / "out")
+    by_kind = {row["penalty.kind"]: row for row in report["aggregates"]}
+    assert by_kind["none"]["final_train_accuracy_noisy_mean"] == 0.6  # the last epoch's point, not the max
+    assert by_kind["fisher"]["final_train_accuracy_noisy_mean"] == 0.1
+    assert by_kind["fisher"]["final_train_accuracy_clean_mean"] == 0.9
+    assert abs(by_kind["none"]["final_test_accuracy_mean"] - 0.805) < 1e-12  # trials 0 and 1
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| penalty.kind | n | val accuracy | final test accuracy |" in text
+    assert "| fisher | 2 | — | 0.825 ± 0.007 | — | 25 ± 0.707 | 47.5 ± 0.707 |" in text  # no val metric logged
+    assert "0.100 ± 0.000 | 0.900 ± 0.000 |" in text
+
+
+def test_without_label_noise_the_table_has_no_noisy_or_clean_column(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'clean.db'}"
+    store(uri, noisy=False)
+    report = analyze(uri, "memo", tmp_path / "out")
+    assert all("final_train_accuracy_noisy_mean" not in row for row in report["aggregates"])
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| penalty.kind | n |" in text and "noisy labels" not in text
