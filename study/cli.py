@@ -1,4 +1,4 @@
-"""``fishtune``: run, resume, status, analyze, ui and dashboard (design.md §1).
+"""``fishtune``: run, resume, status, analyze, compare, ui and dashboard (design.md §1).
 
 Exit status: 0 the study finished; 1 a trial failed or the study could not go on; 2 a user
 error (one sentence, no traceback unless ``--debug``, nothing started or written); 130
@@ -188,6 +188,23 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    uri = _tracking_uri(args, None if args.tracking_uri else args.studies[0])
+    from analysis.compare import TooFewArms, compare
+    from analysis.mlflow_reader import StudyNotFound
+
+    out = Path(args.out) if args.out else Path("reports") / args.name
+    try:
+        result = compare(uri, args.studies, out)
+    except (StudyNotFound, LookupError, TooFewArms) as exc:
+        raise ConfigError(str(exc)) from None
+    for row in result["arms"]:
+        chosen = "" if row["coef"] is None else f" (α {row['coef']:.3g} of {row['coefs_tried'] or 1})"
+        print(f"{row['arm']}{chosen}: final test accuracy {row['test_mean']:.4f}, n = {row['n']}")
+    print(f"comparison: {out / 'compare.md'}")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     uri = _tracking_uri(args, args.name)
     server = uri.startswith(("http://", "https://"))  # a tracking server is its own UI: nothing to start
@@ -231,6 +248,7 @@ COMMANDS = {
     "resume": cmd_resume,
     "status": cmd_status,
     "analyze": cmd_analyze,
+    "compare": cmd_compare,
     "ui": cmd_ui,
     "dashboard": cmd_dashboard,
 }

@@ -59,12 +59,17 @@ def command_parser() -> argparse.ArgumentParser:
         help="width in epochs of the box that smooths Tr(F) and the train loss before the reads (default 1.0)",
     )
 
+    compare = sub.add_parser("compare", help="penalty studies side by side: the paper's Table 1")
+    compare.add_argument("studies", nargs="+", metavar="STUDY")
+    compare.add_argument("--name", required=True, help="what the comparison is called (its folder)")
+    compare.add_argument("--out", help="output folder (default reports/<name>/)")
+
     ui = sub.add_parser("ui", help="MLflow UI on the study store")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: local only)")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--name", help="study whose store to open (default: --tracking-uri or ./mlflow.db)")
 
-    for p in (run, resume, status, analyze, ui):
+    for p in (run, resume, status, analyze, compare, ui):
         p.add_argument(
             "--tracking-uri",
             help="MLflow tracking URI; precedence: this flag > $MLFLOW_TRACKING_URI > the spec / stored study > ./mlflow.db",

@@ -1,0 +1,145 @@
+"""The paper's Table 1 as arithmetic: arms of a penalty study set side by side.
+
+An **arm** is one penalty kind at one learning rate. Where a study searched ``penalty.coef``, its
+arm is the coefficient with the best mean validation accuracy over its seeds (the paper picks
+the coefficient on validation; ties go to the smaller coefficient), and the arm records how many
+were tried; otherwise every configuration of the study is its own arm. The arm's seeds are the
+replicates: arms are compared by Welch's t on final test accuracy over their seeds, with
+Holm's adjustment over every comparison of the table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from analysis import names
+from analysis.configurations import configuration_keys
+from analysis.inference import holm
+from analysis.table import COEF, LR
+
+KINDS = {"none": "no penalty", "fisher": "FP", "gp": "GP", "gpx": "GPx", "gpr": "GPr", "vcl": "VCL"}
+PEAK = names.FISHER_PEAK
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    label: str
+    kind: str
+    lr: float
+    coef: float | None  # the chosen coefficient (None: no penalty)
+    tried: pd.DataFrame  # one row per coefficient tried: coef, n and the means and stds of the columns
+    runs: pd.DataFrame  # the completed trials of the chosen configuration
+
+    @property
+    def penalised(self) -> bool:
+        return self.kind != "none"
+
+
+def study_arms(table: pd.DataFrame, searched: list[str], params: dict[str, str]) -> list[Arm]:
+    """The arms of one study's trials table (completed trials only are used)."""
+    used = table[table["outcome"] == names.COMPLETED]
+    kind = params.get("penalty.kind", "none")
+    keys = [k for k in configuration_keys(searched) if k != COEF]
+    groups = used.groupby(keys, dropna=False) if keys else [((), used)]
+    arms = []
+    for _, group in groups:
+        lr = float(group[LR].iloc[0]) if LR in group else float(params[LR])
+        coef = float(params.get(COEF, 0.0))
+        tried = _tried(group) if COEF in group else pd.DataFrame()
+        runs = group
+        if not tried.empty:
+            best = tried.sort_values(["val_mean", COEF], ascending=[False, True]).iloc[0]
+            coef, runs = float(best[COEF]), group[group[COEF] == best[COEF]]
+        label = f"{KINDS.get(kind, kind)}, lr {lr:g}"
+        arms.append(Arm(label, kind, lr, coef if kind != "none" else None, tried, runs))
+    return arms
+
+
+def _tried(group: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for coef, runs in group.groupby(COEF):
+        rows.append({COEF: float(coef), "n": len(runs), **_summary(runs)})  # type: ignore[arg-type]
+    return pd.DataFrame(rows)
+
+
+def _summary(runs: pd.DataFrame) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for short, column in (
+        ("val", names.FINAL_VAL_ACCURACY),
+        ("test", names.FINAL_TEST_ACCURACY),
+        ("best", names.BEST_TEST_ACCURACY),
+        ("peak", PEAK),
+    ):
+        values = runs[column].astype(float).dropna()
+        out[f"{short}_mean"] = _finite(values.mean())
+        out[f"{short}_std"] = _finite(values.std(ddof=1)) if len(values) > 1 else None
+    return out
+
+
+def arms_table(arms: list[Arm]) -> list[dict[str, Any]]:
+    """One row per arm: the chosen coefficient, its seeds' means ± stds and a t interval of the
+    final test accuracy over the seeds (None with fewer than two seeds or no spread)."""
+    rows = []
+    for arm in arms:
+        test = arm.runs[names.FINAL_TEST_ACCURACY].astype(float).dropna().to_numpy()
+        rows.append(
+            {
+                "arm": arm.label,
+                "coef": arm.coef,
+                "coefs_tried": len(arm.tried) if not arm.tried.empty else None,
+                "n": len(arm.runs),
+                **_summary(arm.runs),
+                "test_ci95": _t_interval(test),
+            }
+        )
+    return rows
+
+
+def comparisons(arms: list[Arm]) -> list[dict[str, Any]]:
+    """Every penalised arm against every unpenalised one, and each pair of unpenalised arms
+    (larger lr first): the difference of mean final test accuracy in points, its Welch 95 %
+    interval and p, Holm-adjusted over the table, and the ratio of mean Tr(F) peaks."""
+    plain = sorted((a for a in arms if not a.penalised), key=lambda a: -a.lr)
+    pairs = [(p, b) for p in arms if p.penalised for b in plain]
+    pairs += [(a, b) for i, a in enumerate(plain) for b in plain[i + 1 :]]
+    rows = [_welch(a, b) for a, b in pairs]
+    tested = [i for i, row in enumerate(rows) if row["p"] is not None]
+    for i, adjusted in zip(tested, holm([rows[i]["p"] for i in tested]), strict=True):
+        rows[i]["p_holm"] = adjusted
+    return rows
+
+
+def _welch(a: Arm, b: Arm) -> dict[str, Any]:
+    x = a.runs[names.FINAL_TEST_ACCURACY].astype(float).dropna().to_numpy()
+    y = b.runs[names.FINAL_TEST_ACCURACY].astype(float).dropna().to_numpy()
+    row: dict[str, Any] = {"a": a.label, "b": b.label, "n_a": len(x), "n_b": len(y), "p": None, "p_holm": None}
+    row["difference_points"] = 100 * (x.mean() - y.mean()) if len(x) and len(y) else None
+    row["ci95_points"] = None
+    peaks = a.runs[PEAK].astype(float).mean(), b.runs[PEAK].astype(float).mean()
+    row["peak_ratio"] = _finite(peaks[0] / peaks[1]) if peaks[1] else None
+    if min(len(x), len(y)) < 2:
+        row["note"] = "fewer than two seeds in an arm"
+    elif np.ptp(x) == 0 or np.ptp(y) == 0:
+        row["note"] = "an arm's seeds all ended at the same accuracy (no spread): Welch's t is undefined"
+    else:
+        result = stats.ttest_ind(x, y, equal_var=False)
+        low, high = result.confidence_interval(0.95)
+        row.update(p=float(result.pvalue), ci95_points=[100 * float(low), 100 * float(high)])
+    return row
+
+
+def _t_interval(values: np.ndarray) -> list[float] | None:
+    if len(values) < 2 or np.ptp(values) == 0:
+        return None
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return [float(values.mean() - half), float(values.mean() + half)]
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None

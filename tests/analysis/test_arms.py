@@ -1,0 +1,112 @@
+"""Arms of penalty studies: the coefficient chosen on validation, Welch comparisons, Holm."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis import names
+from analysis.arms import arms_table, comparisons, study_arms
+from analysis.inference import holm
+
+COLUMNS = (names.FINAL_VAL_ACCURACY, names.FINAL_TEST_ACCURACY, names.BEST_TEST_ACCURACY, names.FISHER_PEAK)
+
+
+def trials(rows: list[tuple]) -> pd.DataFrame:
+    """(searched values..., val, test, peak) per completed trial; best test = test + 0.01."""
+    frame = pd.DataFrame(rows, columns=["key", "train.seed", "val", "test", "peak"])
+    return frame.assign(
+        outcome=names.COMPLETED,
+        **{
+            names.FINAL_VAL_ACCURACY: frame["val"],
+            names.FINAL_TEST_ACCURACY: frame["test"],
+            names.BEST_TEST_ACCURACY: frame["test"] + 0.01,
+            names.FISHER_PEAK: frame["peak"],
+        },
+    )
+
+
+def penalty_study(val_by_coef: dict[float, tuple[float, float]]) -> pd.DataFrame:
+    rows = [
+        (coef, seed, val, test + 0.01 * seed, 50.0 + seed)
+        for coef, (val, test) in val_by_coef.items()
+        for seed in (0, 1, 2)
+    ]
+    return trials(rows).rename(columns={"key": "penalty.coef"})
+
+
+def baseline_study() -> pd.DataFrame:
+    rows = [
+        (lr, seed, 0.9, 0.90 - 0.2 * (lr < 0.01) + 0.02 * seed, 100.0 * (1 + (lr < 0.01)))
+        for lr in (0.04, 0.004)
+        for seed in (0, 1, 2)
+    ]
+    return trials(rows).rename(columns={"key": "train.lr"})
+
+
+PARAMS = {"penalty.kind": "fisher", "train.lr": "0.004", "penalty.coef": "0.01"}
+
+
+def test_the_coefficient_is_chosen_on_mean_validation_accuracy_not_test() -> None:
+    table = penalty_study({0.001: (0.80, 0.95), 0.01: (0.85, 0.70), 0.1: (0.70, 0.99)})
+    (arm,) = study_arms(table, ["penalty.coef", "train.seed"], PARAMS)
+    assert arm.label == "FP, lr 0.004" and arm.coef == 0.01 and arm.lr == 0.004
+    assert len(arm.tried) == 3 and sorted(arm.runs["train.seed"]) == [0, 1, 2]
+    assert set(arm.runs["penalty.coef"]) == {0.01}
+
+
+def test_a_tie_on_validation_goes_to_the_smaller_coefficient() -> None:
+    table = penalty_study({0.1: (0.85, 0.7), 0.001: (0.85, 0.6)})
+    (arm,) = study_arms(table, ["penalty.coef", "train.seed"], PARAMS)
+    assert arm.coef == 0.001
+
+
+def test_an_unpenalised_study_gives_one_arm_per_learning_rate() -> None:
+    arms = study_arms(baseline_study(), ["train.lr", "train.seed"], {"penalty.kind": "none", "train.lr": "0.04"})
+    assert sorted(a.label for a in arms) == ["no penalty, lr 0.004", "no penalty, lr 0.04"]
+    assert all(a.coef is None and a.tried.empty and len(a.runs) == 3 for a in arms)
+
+
+def test_arm_rows_carry_a_t_interval_over_the_seeds() -> None:
+    (arm,) = study_arms(penalty_study({0.01: (0.8, 0.7)}), ["penalty.coef", "train.seed"], PARAMS)
+    (row,) = arms_table([arm])
+    test = np.array([0.70, 0.71, 0.72])
+    expected = stats.t.interval(0.95, 2, loc=test.mean(), scale=stats.sem(test))
+    assert row["test_ci95"] == pytest.approx(list(expected))
+    assert (
+        row["test_mean"] == pytest.approx(0.71)
+        and row["val_std"] == pytest.approx(0.0, abs=1e-12)
+        and row["coefs_tried"] == 1
+    )
+
+
+def test_comparisons_are_welch_with_holm_over_the_table() -> None:
+    plain = study_arms(baseline_study(), ["train.lr", "train.seed"], {"penalty.kind": "none", "train.lr": "0.04"})
+    (fp,) = study_arms(penalty_study({0.01: (0.8, 0.8)}), ["penalty.coef", "train.seed"], PARAMS)
+    rows = comparisons([*plain, fp])
+    assert [(r["a"], r["b"]) for r in rows] == [
+        ("FP, lr 0.004", "no penalty, lr 0.04"),
+        ("FP, lr 0.004", "no penalty, lr 0.004"),
+        ("no penalty, lr 0.04", "no penalty, lr 0.004"),
+    ]
+    fp_test, high, low = np.array([0.80, 0.81, 0.82]), np.array([0.90, 0.92, 0.94]), np.array([0.70, 0.72, 0.74])
+    expected = stats.ttest_ind(fp_test, high, equal_var=False)
+    assert rows[0]["difference_points"] == pytest.approx(100 * (fp_test.mean() - high.mean()))
+    assert rows[0]["p"] == pytest.approx(expected.pvalue)
+    assert rows[0]["ci95_points"] == pytest.approx([100 * v for v in expected.confidence_interval(0.95)])
+    assert [r["p_holm"] for r in rows] == pytest.approx(holm([r["p"] for r in rows]))
+    assert rows[2]["difference_points"] == pytest.approx(100 * (high.mean() - low.mean()))
+    assert rows[2]["peak_ratio"] == pytest.approx(0.5)
+
+
+def test_an_arm_without_spread_gets_a_note_not_a_number() -> None:
+    flat = trials([(0.01, s, 0.8, 0.75, 50.0) for s in (0, 1, 2)]).rename(columns={"key": "penalty.coef"})
+    (fp,) = study_arms(flat, ["penalty.coef", "train.seed"], PARAMS)
+    plain = study_arms(baseline_study(), ["train.lr", "train.seed"], {"penalty.kind": "none", "train.lr": "0.04"})
+    rows = comparisons([fp, *plain])
+    assert rows[0]["p"] is None and rows[0]["ci95_points"] is None and "no spread" in rows[0]["note"]
+    assert rows[0]["difference_points"] == pytest.approx(100 * (0.75 - 0.92))
+    assert rows[2]["p_holm"] == pytest.approx(holm([rows[2]["p"]])[0])  # Holm over the tested ones only
+    assert arms_table([fp])[0]["test_ci95"] is None
