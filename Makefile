@@ -37,9 +37,12 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q --no-deps "backpack-for-pytorch>=1.7" "nngeometry==0.4"
 	$(BIN)/python benchmarks/fisher_overhead.py
 
-# The paper's claims in miniature (docs/results.md): each study from scratch in repro/, its
-# analysis in reports/, the plots copied to docs/img/.
-REPRO_STUDIES := repro-correlation repro-fp-baselines repro-fp-fisher repro-fp-gp repro-fp-gpx repro-fp-gpr
+# The paper's claims (docs/results.md), on digits and on MNIST-1D: each study from scratch in
+# repro/, its analysis in reports/, the plots copied to docs/img/, then each Table 1 comparison
+# whose studies all ran. A subset: make repro REPRO_STUDIES="repro-mnist1d-correlation"
+TABLE1_DIGITS := repro-fp-baselines repro-fp-fisher repro-fp-gp repro-fp-gpx repro-fp-gpr
+TABLE1_MNIST1D := repro-mnist1d-fp-baselines repro-mnist1d-fp-fisher repro-mnist1d-fp-gp repro-mnist1d-fp-gpx repro-mnist1d-fp-gpr
+REPRO_STUDIES := repro-correlation repro-spectrum $(TABLE1_DIGITS) repro-mnist1d-correlation $(TABLE1_MNIST1D) repro-mnist1d-memorisation
 
 repro: $(STAMP)
 	rm -rf repro && mkdir -p repro docs/img
@@ -48,3 +51,5 @@ repro: $(STAMP)
 		$(BIN)/fishtune analyze $$study --tracking-uri sqlite:///repro/mlflow.db --out reports/$$study || exit 1; \
 		for png in reports/$$study/*.png; do cp $$png docs/img/$$study-$$(basename $$png); done; \
 	done
+	$(if $(filter-out $(REPRO_STUDIES),$(TABLE1_DIGITS)),,$(BIN)/fishtune compare $(TABLE1_DIGITS) --name repro-table1 --tracking-uri sqlite:///repro/mlflow.db)
+	$(if $(filter-out $(REPRO_STUDIES),$(TABLE1_MNIST1D)),,$(BIN)/fishtune compare $(TABLE1_MNIST1D) --name repro-mnist1d-table1 --tracking-uri sqlite:///repro/mlflow.db)
