@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from study.options import RAY_JOB_ENV
-from study.spec_core import Tracking
+from study.spec_core import Tracking, storage_file
 from trainables.schema import ConfigError
 
 if TYPE_CHECKING:
@@ -71,8 +71,10 @@ def check_job_paths(storage: str, tracking_uri: str | None, spec: StudySpec, env
             "pass --tracking-uri sqlite:////absolute/path/mlflow.db (e.g. in ~/fishtune) or an http:// server"
         )
     storage = spec.search.storage or ""
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).expanduser().is_absolute():
+    in_file = storage_file(storage)
+    if in_file is not None and not in_file[1].is_absolute():
         raise ConfigError(
             f"search.storage {storage}: inside a Ray job the working directory is temporary; "
-            "give an absolute sqlite:////path on the head node, a database server's URL, or leave it out"
+            f"give an absolute {in_file[0]}/path on the head node, a database server's URL, "
+            "journal (the study folder's file), or leave it out"
         )

@@ -99,7 +99,7 @@ def start_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) -> 
             todo,
             spec.search.num_samples,
             masked(spec.tracking.uri),
-            masked(spec.search.storage or store.default_optuna_url),
+            masked(store.storage_url(spec.search.storage)),
         )
         tracking = MlflowTracking(spec.tracking.uri, exp, parent)
         progress = ProgressPrinter(list(spec.search.space), spec.search.num_samples, already_done=done)

@@ -1,7 +1,8 @@
-"""The study's Optuna storage: an RDB (SQLAlchemy) database, checked before Ray starts.
+"""The study's Optuna storage: an RDB (SQLAlchemy) database or a journal file, checked before Ray starts.
 
 By default each study folder holds its own SQLite file; ``search.storage`` may name a shared
-database (PostgreSQL: the ``postgres`` extra). A database server can be down, refuse the login
+database (PostgreSQL: the ``postgres`` extra) or Optuna's journal storage on a log file, which
+stays fast at hundreds of running trials and thousands of finished ones (``benchmarks/README.md``). A database server can be down, refuse the login
 or lack its driver: one sentence before anything starts (exit 2). A shared database can also
 hold a study of the same name from another study folder: a new study does not join it, since
 those trials are not this folder's (and after a killed driver the searcher would take their
@@ -10,12 +11,14 @@ RUNNING trials for its own, :mod:`study.searcher`).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy
+from optuna.storages.journal import JournalFileBackend
 
-from study.spec_core import masked
+from study.spec_core import JOURNAL, JOURNAL_PREFIX, masked
 from trainables.schema import ConfigError
 
 INSTALL_HINT = "pip install 'fishtune[postgres]'"
@@ -61,6 +64,25 @@ def _normal_sync(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def journal_storage(path: Path) -> optuna.storages.JournalStorage:
+    """Optuna's JournalStorage on the log file ``path``, created if absent.
+
+    Every process that opens it replays the log into memory once and then reads only the lines
+    appended since (the RDB storage re-reads every running trial, with its intermediate values,
+    at each suggest). Appends take a lock file beside the log, so readers (``fishtune status``,
+    the dashboard) and a resumed driver are safe on one host; Tune pickles the storage with the
+    searcher, and the unpickled one replays the log again.
+    """
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """The storage behind a resolved ``search.storage`` URL (``StudyStore.storage_url``)."""
+    if url.startswith(JOURNAL_PREFIX):
+        return journal_storage(Path(url.removeprefix(JOURNAL_PREFIX)))
+    return rdb_storage(url)
+
+
 def rdb_storage(url: str) -> optuna.storages.RDBStorage:
     if url.startswith("sqlite"):
         return SqliteStorage(url)
@@ -70,12 +92,13 @@ def rdb_storage(url: str) -> optuna.storages.RDBStorage:
 
 
 def check_storage(url: str | None, study_name: str, new_study: bool) -> None:
-    """Open the spec's storage once (``None``: the study folder's own file, nothing to check);
-    for a ``new_study``, refuse a storage that already holds an Optuna study of its name."""
-    if url is None:
+    """Open the spec's storage once (``None`` or ``journal``: the study folder's own file,
+    nothing to check); for a ``new_study``, refuse a storage that already holds an Optuna study
+    of its name."""
+    if url is None or url == JOURNAL:
         return
     try:
-        storage = rdb_storage(url)
+        storage = open_storage(url)
     except ImportError:
         hint = INSTALL_HINT if url.startswith("postgresql") else "install the SQLAlchemy driver for its database"
         raise ConfigError(f"search.storage: {masked(url)} needs its database driver; {hint}") from None
@@ -88,7 +111,8 @@ def check_storage(url: str | None, study_name: str, new_study: bool) -> None:
     try:
         exists = study_name in optuna.get_all_study_names(storage)
     finally:
-        storage.engine.dispose()
+        if isinstance(storage, optuna.storages.RDBStorage):
+            storage.engine.dispose()
     if new_study and exists:
         raise ConfigError(
             f"search.storage: {masked(url)} already holds an Optuna study {study_name!r} that this study folder "

@@ -34,7 +34,7 @@ from ray.tune.search import Repeater, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from study.mlflow_study import TRIAL_ID
-from study.optuna_storage import rdb_storage
+from study.optuna_storage import open_storage
 from study.spec import Domain, SearchSpec
 from trainables.report import OUTCOME, Outcome, reported_outcome
 
@@ -218,7 +218,7 @@ class OutcomeRepeater(Repeater):
 
 def build_searcher(search: SearchSpec, study_name: str, storage_url: str) -> Searcher:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = rdb_storage(storage_url)
+    storage = open_storage(storage_url)
     space = {name: distribution(d) for name, d in search.searched.items()}
     searcher = FishtuneOptunaSearch(
         space=space,

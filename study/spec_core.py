@@ -16,6 +16,13 @@ TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "databrick
 # SQLAlchemy's dialects that Optuna's RDBStorage is tested on or documents (a driver may follow
 # the dialect: postgresql+psycopg://…); PostgreSQL needs the `postgres` extra (psycopg).
 STORAGE_DIALECTS = ("sqlite", "postgresql", "mysql", "mariadb")
+# Optuna's JournalStorage on a log file: ``journal`` is the study folder's own file
+# (``StudyStore.journal_path``), ``journal:///PATH`` a file elsewhere (a relative PATH is taken
+# against the working directory of ``fishtune run``, as for SQLite). It keeps the trials in
+# memory and reads only new log lines, so its suggest does not re-read the running trials from
+# a database (benchmarks/README.md).
+JOURNAL = "journal"
+JOURNAL_PREFIX = "journal:///"
 _PASSWORD_IN_NETLOC = re.compile(r"^([A-Za-z][\w+.-]*://[^:/@?]*):[^@]*@")
 _PASSWORD_IN_QUERY = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
 
@@ -27,26 +34,39 @@ def masked(url: str) -> str:
 
 
 def check_storage_url(url: str) -> None:
-    """``search.storage`` must be a SQLAlchemy database URL that Optuna's RDBStorage takes."""
+    """``search.storage`` must be a journal file or a SQLAlchemy database URL that Optuna's RDBStorage takes."""
+    if url == JOURNAL or (url.startswith(JOURNAL_PREFIX) and len(url) > len(JOURNAL_PREFIX)):
+        return
     dialect = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
     require(
         dialect in STORAGE_DIALECTS,
         "search.storage",
-        f"a database URL for Optuna, {' | '.join(d + '://…' for d in STORAGE_DIALECTS)} "
+        f"a database URL for Optuna, {' | '.join(d + '://…' for d in STORAGE_DIALECTS)}, "
+        f"{JOURNAL!r} (a journal file in the study folder) or {JOURNAL_PREFIX}PATH "
         "(leave it out for the study folder's optuna.db)",
         masked(url),
     )
 
 
+def storage_file(url: str) -> tuple[str, Path] | None:
+    """The prefix and file of a storage URL kept in a file (SQLite, journal); None for a server's."""
+    for prefix in ("sqlite:///", JOURNAL_PREFIX):
+        if url.startswith(prefix):
+            return prefix, Path(url.removeprefix(prefix)).expanduser()
+    return None
+
+
 def resolved_storage(url: str, base: Path) -> str:
-    """A SQLite storage's path made absolute against ``base``, as the tracking URI's; its folder must exist."""
-    if not url.startswith("sqlite:///"):
+    """A SQLite or journal file's path made absolute against ``base``, as the tracking URI's; its folder must exist."""
+    in_file = storage_file(url)
+    if in_file is None:
         return url
-    path = Path(url.removeprefix("sqlite:///")).expanduser()
+    prefix, path = in_file
     path = path if path.is_absolute() else (base / path).resolve()
     if not path.parent.is_dir():
-        raise ConfigError(f"search.storage: the folder {path.parent} of the SQLite storage does not exist")
-    return f"sqlite:///{path}"
+        kind = "SQLite storage" if prefix == "sqlite:///" else "journal storage"
+        raise ConfigError(f"search.storage: the folder {path.parent} of the {kind} does not exist")
+    return f"{prefix}{path}"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -2,8 +2,9 @@
 
 ``spec.yaml`` is the resolved spec (tracking URI absolute) that ``resume``, ``status``,
 ``analyze`` and ``ui`` read; ``optuna.db`` is the persistent Optuna storage, so a search
-continues where it stopped, unless the spec's ``search.storage`` names another database (the
-stored spec keeps that URL, so ``resume`` and ``dashboard`` find it); ``launches.json`` records each ``run`` (its Tune experiment, the
+continues where it stopped, unless the spec's ``search.storage`` names another database or a
+journal (``optuna.journal`` here, for ``journal``; the stored spec keeps the setting, so
+``resume`` and ``dashboard`` find it); ``launches.json`` records each ``run`` (its Tune experiment, the
 total number of trials asked for, and whether it finished); ``mlflow-unwritten.jsonl`` holds
 what the MLflow store did not take before a launch ended, until the next launch writes it.
 """
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from study.spec_core import Tracking
+from study.spec_core import JOURNAL, Tracking
 from trainables.schema import ConfigError
 
 if TYPE_CHECKING:
@@ -48,13 +49,22 @@ class StudyStore:
         """The Optuna storage of a study whose spec names none: ``optuna.db`` in this folder."""
         return f"sqlite:///{self.optuna_path}"
 
+    def storage_url(self, storage: str | None) -> str:
+        """The URL of the Optuna storage a spec's ``search.storage`` names for this folder:
+        ``optuna.db`` for none, ``optuna.journal`` for ``journal``, else the URL itself."""
+        if not storage:
+            return self.default_optuna_url
+        if storage == JOURNAL:
+            return f"journal:///{self.journal_path}"
+        return storage
+
     @property
     def optuna_url(self) -> str:
         """The stored study's Optuna storage (its ``search.storage``, else the default), read
         without parsing the whole spec; the default before the study is stored."""
         search = self._stored().get("search") if self.exists() else None
         url = search.get("storage") if isinstance(search, dict) else None
-        return url if isinstance(url, str) and url else self.default_optuna_url
+        return self.storage_url(url if isinstance(url, str) else None)
 
     @property
     def default_results(self) -> str:
@@ -68,6 +78,10 @@ class StudyStore:
     @property
     def optuna_path(self) -> Path:
         return self.root / "optuna.db"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.root / "optuna.journal"
 
     def exists(self) -> bool:
         return self.spec_path.is_file()

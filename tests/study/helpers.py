@@ -20,6 +20,7 @@ import optuna
 import yaml
 from mlflow.tracking import MlflowClient
 
+from study.optuna_storage import open_storage
 from study.store import StudyStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +59,7 @@ def children(uri: str, study: str) -> list[Any]:
 
 
 def optuna_trials(storage: Path, study: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=study, storage=StudyStore(storage, study).optuna_url).trials
+    return optuna.load_study(study_name=study, storage=open_storage(StudyStore(storage, study).optuna_url)).trials
 
 
 def free_port() -> int:

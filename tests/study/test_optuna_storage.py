@@ -1,6 +1,6 @@
 """The study's Optuna storage (``search.storage``) without a database server: refused in one
-sentence before anything starts, its password never shown, kept by the study folder. The same
-against a real PostgreSQL server: test_postgres.py."""
+sentence before anything starts, its password never shown, kept by the study folder; a journal
+file instead of a database. The same against a real PostgreSQL server: test_postgres.py."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pytest
 import yaml
 
 from study.cli import main
-from study.optuna_storage import check_storage, rdb_storage
-from study.spec import load_spec
+from study.optuna_storage import check_storage, open_storage, rdb_storage
+from study.spec import load_spec, parse_spec
 from study.store import StudyStore
 from trainables.schema import ConfigError
 
-from .helpers import free_port, tiny_spec
+from .helpers import children, free_port, optuna_trials, tiny_spec
 
 
 def test_an_unreachable_database_is_one_sentence_without_its_password(tmp_path: Path) -> None:
@@ -93,3 +93,45 @@ def test_a_sqlite_storage_writes_ahead_without_an_fsync_per_commit(tmp_path: Pat
         )
     storage.engine.dispose()
     assert modes == ("wal", 1)
+
+
+def test_journal_names_the_study_folders_file_and_a_path_is_made_absolute(tmp_path: Path) -> None:
+    store = StudyStore(tmp_path / "st", "j")
+    assert store.storage_url("journal") == f"journal:///{store.root / 'optuna.journal'}"
+    spec = load_spec(tiny_spec(tmp_path, "j", storage="journal:///trials.journal"))
+    assert spec.resolved(tmp_path).search.storage == f"journal:///{tmp_path / 'trials.journal'}"  # as `run` does
+    assert load_spec(tiny_spec(tmp_path, "k", storage="journal")).search.storage == "journal"
+    with pytest.raises(
+        ConfigError,
+        match=r"search.storage: must be a database URL .*, 'journal' \(a journal file in the study folder\)",
+    ):
+        parse_spec({"name": "j", "search": {"space": {"train.lr": {"grid": [0.1]}}, "storage": "journal:///"}})
+
+
+def test_a_journal_storage_unpickled_as_tune_restores_it_reads_what_was_written_since(tmp_path: Path) -> None:
+    url = f"journal:///{tmp_path / 'optuna.journal'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="s", storage=open_storage(url))
+    saved = pickle.dumps(study._storage)  # Tune saves the searcher with its storage
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    restored = pickle.loads(saved)
+    assert [t.value for t in optuna.load_study(study_name="s", storage=restored).trials] == [0.5]
+    check_storage(url, "s", new_study=False)
+    with pytest.raises(ConfigError, match="already holds an Optuna study 's'"):
+        check_storage(url, "s", new_study=True)
+
+
+def test_a_study_on_a_journal_runs_and_extends_without_a_database(
+    ray_session: None, mlflow_uri: str, storage: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tiny_spec(tmp_path, "journaled", num_samples=2, storage="journal")
+    store = StudyStore(storage, "journaled")
+    assert main(["run", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_uri]) == 0
+    assert f"Optuna: journal:///{store.journal_path}" in capsys.readouterr().out
+    spec = tiny_spec(tmp_path, "journaled", num_samples=3, storage="journal")
+    assert main(["run", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_uri]) == 0
+    assert store.journal_path.is_file() and not store.optuna_path.exists()
+    trials = optuna_trials(storage, "journaled")
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    runs = children(mlflow_uri, "journaled")
+    assert {t.user_attrs["fishtune.ray_trial_id"] for t in trials} == {r.data.tags["fishtune.trial_id"] for r in runs}

@@ -1,4 +1,4 @@
-"""What Optuna is told for each trial outcome (design.md §4)."""
+"""What Optuna is told for each trial outcome (design.md §4), on the SQLite and the journal storage."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import yaml
 from ray.tune.search import Searcher
 
+from study.optuna_storage import open_storage
 from study.searcher import (
     MLFLOW_RUN_TAG,
     OUTCOME_ATTR,
@@ -30,9 +31,22 @@ search:
 """
 
 
-def searcher_and_url(tmp_path: Path):  # type: ignore[no-untyped-def]
+@pytest.fixture(params=["sqlite", "journal"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The study's Optuna storage: the default SQLite file, or ``search.storage: journal``'s file."""
+    return (
+        f"sqlite:///{tmp_path / 'optuna.db'}"
+        if request.param == "sqlite"
+        else f"journal:///{tmp_path / 'optuna.journal'}"
+    )
+
+
+def stored(url: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="s", storage=open_storage(url)).trials
+
+
+def searcher_and_url(url: str):  # type: ignore[no-untyped-def]
     spec = parse_spec(yaml.safe_load(SPEC))
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
     searcher = build_searcher(spec.search, "s", url)
     searcher.set_search_properties("val_accuracy", "max", {})
     return searcher, url
@@ -46,23 +60,23 @@ def searcher_and_url(tmp_path: Path):  # type: ignore[no-untyped-def]
         ("running", optuna.trial.TrialState.PRUNED),  # last report before ASHA stopped it
     ],
 )
-def test_outcomes_map_to_optuna_states(tmp_path: Path, outcome: str, state: optuna.trial.TrialState) -> None:
-    searcher, url = searcher_and_url(tmp_path)
+def test_outcomes_map_to_optuna_states(url: str, tmp_path: Path, outcome: str, state: optuna.trial.TrialState) -> None:
+    searcher, url = searcher_and_url(url)
     for trial_id in ("a", "b"):  # the second completion exhausts the grid: GridSampler calls study.stop()
         assert searcher.suggest(trial_id) is not None
         result = {"val_accuracy": 0.5, "training_iteration": 1, "fishtune_outcome": outcome}
         searcher.on_trial_result(trial_id, result)
         searcher.on_trial_complete(trial_id, result)
-    trials = optuna.load_study(study_name="s", storage=url).trials
+    trials = stored(url)
     assert [t.state for t in trials] == [state, state]
     assert all(t.intermediate_values == {1: 0.5} for t in trials)
 
 
-def test_failed_trial_is_fail(tmp_path: Path) -> None:
-    searcher, url = searcher_and_url(tmp_path)
+def test_failed_trial_is_fail(url: str, tmp_path: Path) -> None:
+    searcher, url = searcher_and_url(url)
     searcher.suggest("a")
     searcher.on_trial_complete("a", None, error=True)
-    assert optuna.load_study(study_name="s", storage=url).trials[0].state == optuna.trial.TrialState.FAIL
+    assert stored(url)[0].state == optuna.trial.TrialState.FAIL
 
 
 SEEDED = """
@@ -84,10 +98,9 @@ search:
     ],
 )
 def test_replicas_report_their_worst_outcome(
-    tmp_path: Path, second: dict | None, state: optuna.trial.TrialState
+    url: str, tmp_path: Path, second: dict | None, state: optuna.trial.TrialState
 ) -> None:
     spec = parse_spec(yaml.safe_load(SEEDED))
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
     searcher = build_searcher(spec.search, "s", url)
     searcher.set_search_properties("val_accuracy", "max", {})
     configs = [searcher.suggest(t) for t in ("a", "b")]
@@ -97,21 +110,20 @@ def test_replicas_report_their_worst_outcome(
         searcher.on_trial_complete("b", None, error=True)
     else:
         searcher.on_trial_complete("b", {"val_accuracy": 0.6, **second})
-    (trial,) = optuna.load_study(study_name="s", storage=url).trials
+    (trial,) = stored(url)
     assert trial.state == state
     if state == optuna.trial.TrialState.COMPLETE:
         assert trial.value == pytest.approx(0.7)
 
 
-def test_replicas_carry_their_ray_trials_seeds_and_values(tmp_path: Path) -> None:
+def test_replicas_carry_their_ray_trials_seeds_and_values(url: str, tmp_path: Path) -> None:
     spec = parse_spec(yaml.safe_load(SEEDED))
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
     searcher = build_searcher(spec.search, "s", url)
     searcher.set_search_properties("val_accuracy", "max", {})
     searcher.suggest("a"), searcher.suggest("b")
     searcher.on_trial_complete("a", {"val_accuracy": 0.8, "fishtune_outcome": "completed"})
     searcher.on_trial_complete("b", {"val_accuracy": 0.6, "fishtune_outcome": "completed"})
-    (trial,) = optuna.load_study(study_name="s", storage=url).trials
+    (trial,) = stored(url)
     assert trial.user_attrs == {
         RAY_TRIAL_ID: "a",
         RAY_TRIAL_IDS: ["a", "b"],
@@ -122,12 +134,12 @@ def test_replicas_carry_their_ray_trials_seeds_and_values(tmp_path: Path) -> Non
     }
 
 
-def test_every_optuna_trial_names_its_ray_trial_and_outcome(tmp_path: Path) -> None:
-    searcher, url = searcher_and_url(tmp_path)
+def test_every_optuna_trial_names_its_ray_trial_and_outcome(url: str, tmp_path: Path) -> None:
+    searcher, url = searcher_and_url(url)
     searcher.suggest("a"), searcher.suggest("b")
     searcher.on_trial_complete("a", {"val_accuracy": 0.5, "fishtune_outcome": "diverged"})
     searcher.on_trial_complete("b", None, error=True)
-    attrs = [t.user_attrs for t in optuna.load_study(study_name="s", storage=url).trials]
+    attrs = [t.user_attrs for t in stored(url)]
     assert attrs == [
         {RAY_TRIAL_ID: "a", RAY_TRIAL_IDS: ["a"], MLFLOW_RUN_TAG: "fishtune.trial_id", OUTCOME_ATTR: "diverged"},
         {RAY_TRIAL_ID: "b", RAY_TRIAL_IDS: ["b"], MLFLOW_RUN_TAG: "fishtune.trial_id", OUTCOME_ATTR: "failed"},
@@ -155,9 +167,11 @@ def done(result: float) -> dict:
     return {"val_accuracy": result, "training_iteration": 1, "fishtune_outcome": "completed"}
 
 
-def test_resume_from_a_state_older_than_optuna_neither_crashes_nor_leaves_trials_running(tmp_path: Path) -> None:
+def test_resume_from_a_state_older_than_optuna_neither_crashes_nor_leaves_trials_running(
+    url: str, tmp_path: Path
+) -> None:
     """A driver killed after Tune's last save: trial a finished and b was asked since then."""
-    searcher, url = searcher_and_url(tmp_path)
+    searcher, url = searcher_and_url(url)
     searcher.suggest("a")
     saved = snapshot(searcher, tmp_path / "searcher.pkl")
     b_config = searcher.suggest("b")
@@ -169,14 +183,13 @@ def test_resume_from_a_state_older_than_optuna_neither_crashes_nor_leaves_trials
     searcher.on_trial_complete("a", done(0.4))
     assert searcher.suggest("c") == b_config  # b's Optuna trial, not a new one
     searcher.on_trial_complete("c", done(0.7))
-    trials = optuna.load_study(study_name="s", storage=url).trials
+    trials = stored(url)
     assert [(t.state, t.value) for t in trials] == [(optuna.trial.TrialState.COMPLETE, v) for v in (0.5, 0.7)]
     assert trials[1].user_attrs[RAY_TRIAL_ID] == "c"
 
 
-def test_resume_of_replicas_from_an_older_state_runs_every_configuration_once(tmp_path: Path) -> None:
+def test_resume_of_replicas_from_an_older_state_runs_every_configuration_once(url: str, tmp_path: Path) -> None:
     spec = parse_spec(yaml.safe_load(SEEDED))
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
     searcher = build_searcher(spec.search, "s", url)
     searcher.set_search_properties("val_accuracy", "max", {})
     first = [searcher.suggest("a"), searcher.suggest("b")]
@@ -193,24 +206,23 @@ def test_resume_of_replicas_from_an_older_state_runs_every_configuration_once(tm
     assert [c["train.lr"] for c in replicas] == [second, second] and [c["__trial_index__"] for c in replicas] == [0, 1]
     searcher.on_trial_complete("d", done(0.5))
     searcher.on_trial_complete("e", done(0.3))
-    trials = optuna.load_study(study_name="s", storage=url).trials
+    trials = stored(url)
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert [t.value for t in trials] == [pytest.approx(0.7), pytest.approx(0.4)]
     assert {t.params["train.lr"] for t in trials} == {first[0]["train.lr"], second}
     assert trials[1].user_attrs[RAY_TRIAL_IDS] == ["d", "e"]
 
 
-def test_replicas_restored_from_a_state_without_seeds_still_report(tmp_path: Path) -> None:
+def test_replicas_restored_from_a_state_without_seeds_still_report(url: str, tmp_path: Path) -> None:
     """Tune unpickles the searcher on resume: a state saved before the seeds were kept lacks them."""
     spec = parse_spec(yaml.safe_load(SEEDED))
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
     searcher = build_searcher(spec.search, "s", url)
     searcher.set_search_properties("val_accuracy", "max", {})
     del searcher.__dict__["seeds"]
     searcher.suggest("a"), searcher.suggest("b")
     searcher.on_trial_complete("a", done(0.8))
     searcher.on_trial_complete("b", done(0.6))
-    (trial,) = optuna.load_study(study_name="s", storage=url).trials
+    (trial,) = stored(url)
     assert trial.state == optuna.trial.TrialState.COMPLETE and SEEDS not in trial.user_attrs
     assert trial.user_attrs[SEED_VALUES] == [0.8, 0.6]
 
@@ -225,11 +237,10 @@ search:
 """
 
 
-def test_orphaned_trials_are_looked_for_once_per_launch(tmp_path: Path) -> None:
+def test_orphaned_trials_are_looked_for_once_per_launch(url: str, tmp_path: Path) -> None:
     """A trial a dead driver left RUNNING is taken at the launch's first suggest; one asked by
     someone else during the launch is not (the storage is not read again at every suggest),
     and the next launch takes it."""
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
 
     def launch() -> Searcher:
         searcher = build_searcher(parse_spec(yaml.safe_load(SEARCHED)).search, "s", url)
@@ -238,7 +249,7 @@ def test_orphaned_trials_are_looked_for_once_per_launch(tmp_path: Path) -> None:
 
     searcher = launch()
     space = {"train.lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)}
-    other = optuna.load_study(study_name="s", storage=url)
+    other = optuna.load_study(study_name="s", storage=open_storage(url))
     left = other.ask(space)  # a driver that died after asking
     searcher = launch()
     assert searcher.suggest("a") == left.params
@@ -246,5 +257,5 @@ def test_orphaned_trials_are_looked_for_once_per_launch(tmp_path: Path) -> None:
     assert searcher.suggest("b") != late.params
     searcher.on_trial_complete("a", done(0.5)), searcher.on_trial_complete("b", done(0.6))
     assert launch().suggest("c") == late.params
-    attrs = [t.user_attrs.get(RAY_TRIAL_ID) for t in optuna.load_study(study_name="s", storage=url).trials]
+    attrs = [t.user_attrs.get(RAY_TRIAL_ID) for t in stored(url)]
     assert attrs == ["a", "c", "b"]
