@@ -151,7 +151,7 @@ def run_feed(spec: StudySpec, work: Path, shape: TrialShape, interval_s: float) 
 
     store, exp, parent, db = _open(spec, work)
     poller = LagPoller(db)
-    searcher = build_searcher(spec.search, spec.name, store.optuna_url)
+    searcher = build_searcher(spec.search, spec.name, store.storage_url(spec.search.storage))
     tracking = TimedTracking(spec.tracking.uri, exp, parent)
     base = spec.trial.flat()
     concurrency, total = spec.search.max_concurrent, spec.search.num_samples

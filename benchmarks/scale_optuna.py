@@ -8,9 +8,8 @@ results (``on_trial_result``, which reports an intermediate value) and its end
 (``on_trial_complete``, Optuna's tell), and a new trial is suggested (Optuna's ask, where TPE
 reads the whole history).
 
-``storage="journal"``: the same on Optuna's ``JournalStorage`` (a ``JournalFileBackend`` log
-file in the study folder) instead of the RDB storage fishtune uses, to compare the two; a
-benchmark switch only (fishtune's ``search.storage`` takes database URLs).
+The storage is the spec's ``search.storage``: by default the study folder's SQLite file, or
+``journal`` (Optuna's ``JournalStorage`` on the study folder's log file).
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import optuna
 from optuna.trial import TrialState, create_trial
 from scale_probes import summary
 
-from study import searcher as fishtune_searcher
 from study.searcher import ATTRS, build_searcher, distribution
 from study.spec import StudySpec
 from study.store import StudyStore
@@ -61,23 +59,12 @@ def finished_trials(spec: StudySpec, count: int, epochs: int, rng: random.Random
     return out
 
 
-def journal_storage(path: Path) -> Any:
-    """Stands in for :func:`study.optuna_storage.rdb_storage`: a journal file at ``path``."""
-
-    def storage(url: str) -> optuna.storages.BaseStorage:
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-
-    return storage
-
-
 def optuna_growth(
-    spec: StudySpec, work: Path, sizes: list[int], running: int, cycles: int, epochs: int, storage: str = "rdb"
+    spec: StudySpec, work: Path, sizes: list[int], running: int, cycles: int, epochs: int
 ) -> dict[str, Any]:
     store = StudyStore(work, spec.name)
     store.root.mkdir(parents=True, exist_ok=True)
-    if storage == "journal":
-        fishtune_searcher.rdb_storage = journal_storage(store.root / "optuna.log")
-    searcher = build_searcher(spec.search, spec.name, store.optuna_url)
+    searcher = build_searcher(spec.search, spec.name, store.storage_url(spec.search.storage))
     study = searcher._ot_study  # the searcher's own study object, on its storage
     assert study is not None
     rng = random.Random(0)
@@ -122,5 +109,5 @@ def optuna_growth(
         rows.append({"finished": size, "trials_in_storage": total, "fill_s": fill_s,
                      "suggest_s": summary(suggest), "report_s": summary(report), "complete_s": summary(complete)})  # fmt: skip
         print(f"optuna: {size} finished: suggest median {rows[-1]['suggest_s']['median']:.3f} s", flush=True)
-    return {"sampler": type(searcher._sampler).__name__, "storage": storage, "running": running, "cycles": cycles,
+    return {"sampler": type(searcher._sampler).__name__, "storage": spec.search.storage or "sqlite", "running": running, "cycles": cycles,
             "epochs": epochs, "optuna": optuna.__version__, "sizes": rows}  # fmt: skip

@@ -57,10 +57,10 @@ SPEC = ROOT / "studies" / "digits-quick.yaml"
 PLOT = ROOT / "docs" / "img" / "study-scale.png"
 
 
-def scale_spec(name: str, work: Path, concurrency: int, trials: int) -> StudySpec:
+def scale_spec(name: str, work: Path, concurrency: int, trials: int, storage: str | None = None) -> StudySpec:
     data = yaml.safe_load(SPEC.read_text())
     data["name"] = name
-    data["search"].update(num_samples=trials, max_concurrent=concurrency)
+    data["search"].update(num_samples=trials, max_concurrent=concurrency, storage=storage)
     data["resources"] = {"cpu": 1, "gpu": 0}
     data["tracking"] = {"uri": f"sqlite:///{work / name}.db"}
     return parse_spec(data, source=str(SPEC))
@@ -97,7 +97,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
         growth = results.get("optuna", {}).get("sizes", [])
         if growth:
             xs = [g["finished"] for g in growth]
-            label = f"{label} ({results['optuna'].get('storage', 'rdb')}, {results['optuna']['running']} running)"
+            label = f"{label} ({results['optuna'].get('storage', 'sqlite')}, {results['optuna']['running']} running)"
             right.plot(xs, [g["suggest_s"]["median"] for g in growth], "-o", color=color, label=f"{label}: median")
             right.plot(xs, [g["suggest_s"]["max"] for g in growth], ":^", color=color, label=f"{label}: max")
     left.axhline(10, color="grey", lw=0.8)
@@ -127,8 +127,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--plot", type=Path, default=PLOT)
     parser.add_argument("--plot-from", type=Path, nargs="+", help="only plot these result files (one line each)")
-    parser.add_argument("--optuna-storage", choices=("rdb", "journal"), default="rdb",
-                        help="the Optuna part on fishtune's RDB storage or, to compare, Optuna's JournalStorage")  # fmt: skip
+    parser.add_argument("--optuna-storage", choices=("sqlite", "journal"), default="sqlite",
+                        help="search.storage of every part: the study folder's SQLite file or its journal")  # fmt: skip
     args = parser.parse_args()
     if args.plot_from:
         plot([json.loads(f.read_text()) for f in args.plot_from], args.plot)
@@ -143,6 +143,8 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     results: dict[str, Any] = {"label": args.label, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                                "interval_s": args.interval, "tune": [], "feed": []}  # fmt: skip
+    storage = None if args.optuna_storage == "sqlite" else args.optuna_storage
+    results["storage"] = args.optuna_storage
     with tempfile.TemporaryDirectory(prefix="fishtune-scale-") as tmp:
         work = Path(tmp)
         shape = trial_shape(scale_spec("shape", work, 1, 1))
@@ -154,7 +156,7 @@ def main() -> None:
         for mode, rows, runner in (("tune", tune_rows, run_tune), ("feed", feed_rows, run_feed)):
             for concurrency in rows:
                 trials = max(1, round(args.waves * concurrency))
-                spec = scale_spec(f"scale-{mode}-{concurrency}", work, concurrency, trials)
+                spec = scale_spec(f"scale-{mode}-{concurrency}", work, concurrency, trials, storage)
                 print(f"{mode}: {concurrency} at once, {trials} trials of {shape.epochs} reports", flush=True)
                 row = runner(spec, work, shape, args.interval)
                 results[mode].append(row)
@@ -162,10 +164,8 @@ def main() -> None:
                 if largest is None or trials >= largest.search.num_samples:
                     largest = spec
         if sizes:
-            spec = scale_spec("scale-optuna", work, running, max(sizes) + running)
-            results["optuna"] = optuna_growth(
-                spec, work, sizes, running, args.cycles, shape.epochs, args.optuna_storage
-            )
+            spec = scale_spec("scale-optuna", work, running, max(sizes) + running, storage)
+            results["optuna"] = optuna_growth(spec, work, sizes, running, args.cycles, shape.epochs)
             print(json.dumps(results["optuna"], indent=1), flush=True)
         if largest is not None:
             results["analyze"] = time_analyze(largest, work)

@@ -147,6 +147,9 @@ class ChildRuns:
         self.experiment = experiment
         self.parent_run_id = parent_run_id
         self._runs: dict[str, str] = {}  # trial id → run id, for runs known to exist
+        # Runs created here as RUNNING with outcome ``running``, not closed nor given another
+        # outcome since: a ``status`` write (which sets just that) has nothing to change on them.
+        self._fresh: set[str] = set()
         self._created: int | None = None  # trial runs in the experiment, once counted
         self._system_tags = system_tags()  # mlflow.user, mlflow.source.*: given at creation, as MLflow does
 
@@ -154,11 +157,9 @@ class ChildRuns:
         """The trial's child run: found by its ``fishtune.trial_id`` tag, else created, named after ``label``."""
         if trial_id in self._runs:
             return self._runs[trial_id]
-        found = self.client.search_runs(
-            [self.experiment], filter_string=f"tags.`{TRIAL_ID}` = '{trial_id}'", max_results=1
-        )
-        if found:
-            run_id = found[0].info.run_id
+        found = self._find(trial_id)
+        if found is not None:
+            run_id = found
             self._created = None  # maybe created by a request that seemed to fail: count again
         else:
             tags = {
@@ -173,8 +174,17 @@ class ChildRuns:
             name = run_name(self._created + 1, label)
             run_id = self.client.create_run(self.experiment, run_name=name, tags=tags).info.run_id
             self._created += 1
+            self._fresh.add(run_id)
         self._runs[trial_id] = run_id
         return run_id
+
+    def _find(self, trial_id: str) -> str | None:
+        if self.rows is not None:
+            return self.rows.find_run(self.experiment, TRIAL_ID, trial_id)
+        found = self.client.search_runs(
+            [self.experiment], filter_string=f"tags.`{TRIAL_ID}` = '{trial_id}'", max_results=1
+        )
+        return found[0].info.run_id if found else None
 
     def apply(self, write: Write, label: str) -> None:
         """Store ``write``; raises what the client raises."""
@@ -185,10 +195,14 @@ class ChildRuns:
             return
         run_id = self.run_id(write.trial_id, label)
         if write.kind == "batch":
+            if any(t.key == OUTCOME for t in write.tags):
+                self._fresh.discard(run_id)
             if self._logged_as_rows(run_id, write):
                 return
             self.client.log_batch(run_id, metrics=write.metrics, params=write.params, tags=write.tags, synchronous=True)
         elif write.kind == "status":
+            if run_id in self._fresh:
+                return
             self.client.log_batch(run_id, tags=write.tags, synchronous=True)
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         elif write.kind == "inputs":
@@ -199,6 +213,7 @@ class ChildRuns:
                 return
             self.client.log_inputs(run_id, datasets=[dataset])
         else:
+            self._fresh.discard(run_id)
             self._log_curves(run_id)
             self.client.set_terminated(run_id, status=write.status)
 
@@ -211,10 +226,10 @@ class ChildRuns:
         return {name: {m.step: m.value for m in self.client.get_metric_history(run_id, name)} for name in names}
 
     def _logged_as_rows(self, run_id: str, write: Write) -> bool:
-        """Whether :attr:`rows` stored the ``batch`` write (points and tags only, on an active run)."""
-        if self.rows is None or write.params or not SqliteRows.takes(write.metrics, write.tags):
+        """Whether :attr:`rows` stored the ``batch`` write (on an active run, no param changed)."""
+        if self.rows is None or not SqliteRows.takes(write.metrics, write.tags, write.params):
             return False
-        return self.rows.log(run_id, write.metrics, write.tags)
+        return self.rows.log(run_id, write.metrics, write.tags, write.params)
 
     def _log_curves(self, run_id: str) -> None:
         """All step-level curves of the run as one ``curves.parquet`` artifact (column per metric).

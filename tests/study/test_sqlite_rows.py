@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from study.sqlite_rows import SqliteRows
@@ -105,3 +105,44 @@ def test_only_a_sqlite_file_with_mlflows_tables_is_opened(tmp_path: Path) -> Non
     other = tmp_path / "other.db"
     sqlite3.connect(other).execute("CREATE TABLE metrics (key TEXT, value REAL)").connection.close()
     assert SqliteRows.open(f"sqlite:///{other}") is None
+
+
+def test_params_read_back_as_mlflows_and_a_changed_one_is_left_to_mlflow(store: tuple[str, MlflowClient, str]) -> None:
+    uri, client, exp = store
+    by_mlflow, by_rows = client.create_run(exp).info.run_id, client.create_run(exp).info.run_id
+    params = [Param("train.lr", "0.02"), Param("model.name", "mlp")]
+    rows = SqliteRows.open(uri)
+    assert rows is not None and SqliteRows.takes([], [], params)
+    for _ in range(2):  # the same values again change nothing
+        client.log_batch(by_mlflow, params=params, synchronous=True)
+        assert rows.log(by_rows, [], [], params)
+    assert (
+        client.get_run(by_rows).data.params == client.get_run(by_mlflow).data.params == {p.key: p.value for p in params}
+    )
+    changed = [Param("train.lr", "0.05"), Param("train.epochs", "3")]
+    assert not rows.log(by_rows, [Metric("loss", 1.0, 1, 0)], [], changed)  # nothing of it stored
+    rows.close()
+    assert client.get_run(by_rows).data.params == {p.key: p.value for p in params}
+    assert client.get_metric_history(by_rows, "loss") == []
+    assert not SqliteRows.takes([], [], [Param("a", "x" * 6001)]) and not SqliteRows.takes([], [], params + params[:1])
+
+
+def test_find_run_is_search_runs_by_one_tag(store: tuple[str, MlflowClient, str]) -> None:
+    uri, client, exp = store
+    older = client.create_run(exp, tags={"fishtune.trial_id": "a"}, start_time=1000).info.run_id
+    newer = client.create_run(exp, tags={"fishtune.trial_id": "a"}, start_time=2000).info.run_id
+    deleted = client.create_run(exp, tags={"fishtune.trial_id": "b"}).info.run_id
+    client.delete_run(deleted)
+    elsewhere = client.create_experiment("other")
+    client.create_run(elsewhere, tags={"fishtune.trial_id": "c"})
+    rows = SqliteRows.open(uri)
+    assert rows is not None
+    found = {v: rows.find_run(exp, "fishtune.trial_id", v) for v in "abcd"}
+    rows.close()
+    by_mlflow = {
+        v: next(
+            (r.info.run_id for r in client.search_runs([exp], f"tags.`fishtune.trial_id` = '{v}'", max_results=1)), None
+        )
+        for v in "abcd"
+    }
+    assert found == by_mlflow == {"a": newer, "b": None, "c": None, "d": None} and older != newer
