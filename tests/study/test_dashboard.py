@@ -13,9 +13,11 @@ import pytest
 
 from study import dashboard
 from study.cli import main
+from study.optuna_storage import open_storage
+from study.spec import load_spec
 from study.store import StudyStore
 
-from .helpers import free_port, serving
+from .helpers import free_port, serving, tiny_spec
 
 
 def get(url: str) -> dict:
@@ -23,14 +25,17 @@ def get(url: str) -> dict:
         return json.loads(response.read())
 
 
-def test_serves_the_studys_trials(tmp_path: Path) -> None:
+@pytest.mark.parametrize("journal", [False, True], ids=["sqlite", "journal"])
+def test_serves_the_studys_trials(tmp_path: Path, journal: bool) -> None:
     pytest.importorskip(
         "optuna_dashboard", reason="optuna-dashboard is not installed (pip install 'fishtune[dashboard]')"
     )
     store = StudyStore(tmp_path, "dash")
     store.root.mkdir(parents=True)
+    if journal:
+        store.save_spec(load_spec(tiny_spec(tmp_path, "dash", storage="journal")))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name="dash", storage=store.optuna_url, direction="maximize")
+    study = optuna.create_study(study_name="dash", storage=open_storage(store.optuna_url), direction="maximize")
     for lr in (0.01, 0.02, 0.03):
         study.enqueue_trial({"train.lr": lr})
     study.optimize(lambda t: t.suggest_float("train.lr", 0.001, 0.1, log=True) * 10, n_trials=3)
