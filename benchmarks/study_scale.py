@@ -77,14 +77,16 @@ def time_analyze(spec: StudySpec, work: Path) -> dict[str, Any]:
 
 
 def plot(runs: list[dict[str, Any]], path: Path) -> None:
-    """MLflow lag against concurrency and suggest latency against study size, one line per run
-    and mode (its ``--label``), so that before/after runs share one figure."""
+    """MLflow lag and the report rate reached against concurrency, and suggest latency against
+    study size, one line per run and mode (its ``--label``), so that before/after runs share one
+    figure. The rate matters beside the lag: a driver that cannot produce the load shows a small
+    lag for a quarter of the reports."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 4.8))
     for n, results in enumerate(runs):
         color, label = f"C{n}", results.get("label") or f"run {n + 1}"
         for mode, marker in (("tune", "o"), ("feed", "s")):
@@ -94,6 +96,11 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
                 xs, ys = [r["concurrency"] for r in kept], [r["mlflow_lag_s"][stat] for r in kept]
                 if xs:
                     left.plot(xs, ys, style, marker=marker, color=color, label=f"{label}: {mode} {stat}")
+            if rows:
+                xs = [r["concurrency"] for r in rows]
+                middle.plot(
+                    xs, [r["reports_per_s"] for r in rows], "-", marker=marker, color=color, label=f"{label}: {mode}"
+                )
         growth = results.get("optuna", {}).get("sizes", [])
         if growth:
             xs = [g["finished"] for g in growth]
@@ -103,11 +110,18 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     left.axhline(10, color="grey", lw=0.8)
     left.set(xscale="log", yscale="log", xlabel="concurrent trials (1 report/s each)",
              ylabel="report → MLflow lag (s)", title="MLflow lag (target: p95 < 10 s at 256)")  # fmt: skip
-    left.legend(fontsize=6)
+    concurrency = sorted({r["concurrency"] for res in runs for m in ("tune", "feed") for r in res.get(m, [])})
+    if concurrency:
+        interval = runs[0].get("interval_s", 1.0)
+        middle.plot(concurrency, [c / interval for c in concurrency], color="grey", lw=0.8, label="scheduled")
+    middle.set(xscale="log", yscale="log", xlabel="concurrent trials", ylabel="reports per second reached",
+               title="load the driver produced and took")  # fmt: skip
     right.axhline(1, color="grey", lw=0.8)
     right.set(yscale="log", xlabel="finished trials in the study", ylabel="suggest (s)",
               title="Optuna suggest as the study grows (target: < 1 s at 2,000)")  # fmt: skip
-    right.legend(fontsize=6)
+    for axis in (left, middle, right):
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
