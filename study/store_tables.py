@@ -7,11 +7,18 @@ a lock that the second study waits for, then finds the tables made and skips the
 an exclusive ``flock`` on the database file itself (SQLite's own locks are ``fcntl`` locks,
 independent of it), for PostgreSQL a session advisory lock. An ``http(s)://`` tracking server
 made its tables when it started, so its clients have nothing to do; MySQL is not locked.
+
+A SQLite store is then put in write-ahead-log mode (kept in the file): a commit appends to
+``mlflow.db-wal`` instead of going through a rollback journal, 2.6 against 6.9 ms for one
+trial's report of 300 points (``benchmarks/README.md``), and readers (``fishtune status``,
+``mlflow ui``) do not block the driver's writer. As for the Optuna SQLite file
+(:mod:`study.optuna_storage`), every process that opens it must run on the machine that holds it.
 """
 
 from __future__ import annotations
 
 import fcntl
+import sqlite3
 import zlib
 from pathlib import Path
 
@@ -36,6 +43,11 @@ def _sqlite_tables(path: Path, tracking_uri: str) -> None:
         fcntl.flock(db, fcntl.LOCK_EX)
         try:
             MlflowClient(tracking_uri).search_experiments(max_results=1)
+            con = sqlite3.connect(path, timeout=30)
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+            finally:
+                con.close()
         finally:
             fcntl.flock(db, fcntl.LOCK_UN)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -19,3 +20,5 @@ def test_three_first_clients_at_once_all_get_the_tables(tmp_path: Path) -> None:
     outputs = [proc.communicate(timeout=180)[0] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
     assert MlflowClient(uri).get_experiment_by_name("Default") is not None
+    with sqlite3.connect(tmp_path / "new" / "project.db") as con:  # kept in the file: every later connection
+        assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
