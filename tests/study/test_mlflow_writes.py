@@ -38,7 +38,7 @@ def trial_writes(trial: str) -> list[Write]:
 def test_a_new_trial_on_a_sqlite_store_costs_mlflow_one_call_and_stores_the_same(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     plain = MlflowClient(uri)
-    exp = plain.create_experiment("w")
+    exp = plain.create_experiment("w", artifact_location=(tmp_path / "artifacts").as_uri())
     parent = plain.create_run(exp).info.run_id
     counted, rows = CountingClient(uri), SqliteRows.open(uri)
     assert rows is not None

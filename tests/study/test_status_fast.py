@@ -27,7 +27,7 @@ def store(tmp_path: Path) -> str:
     metrics), and a deleted run that no reader may show."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    exp = client.create_experiment("s")
+    exp = client.create_experiment("s", artifact_location=(tmp_path / "artifacts").as_uri())
     parent = client.create_run(exp, tags={run_tags.ROLE: "study", run_tags.SEARCHED: "train.lr,model.name"})
     for i, (metrics, name) in enumerate(
         [

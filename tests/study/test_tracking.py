@@ -98,7 +98,7 @@ def test_the_callback_pickles_while_its_writer_runs(black_hole: str) -> None:
 def test_a_trial_reaches_its_child_run(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    exp = client.create_experiment("tracking")
+    exp = client.create_experiment("tracking", artifact_location=(tmp_path / "artifacts").as_uri())
     parent = client.create_run(exp, tags={"fishtune.searched": "train.lr,penalty.coef"}).info.run_id
     tracking = MlflowTracking(uri, exp, parent)
     run_trial(tracking, a_trial(), epochs=2)
@@ -127,7 +127,7 @@ def test_a_trial_reaches_its_child_run(tmp_path: Path) -> None:
 def test_the_parent_run_summarises_the_study_and_names_stay_unique(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    exp = client.create_experiment("summary")
+    exp = client.create_experiment("summary", artifact_location=(tmp_path / "artifacts").as_uri())
     tags = {"fishtune.role": "study", "fishtune.searched": "train.lr,penalty.coef"}
     parent = client.create_run(exp, tags=tags).info.run_id
     tracking = MlflowTracking(uri, exp, parent)

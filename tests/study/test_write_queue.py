@@ -32,7 +32,7 @@ Store = tuple[str, str, str]  # tracking URI, experiment id, parent run id
 def new_store(folder: Path) -> Store:
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = MlflowClient(uri)
-    exp = client.create_experiment("queue")
+    exp = client.create_experiment("queue", artifact_location=(folder / "artifacts").as_uri())
     return uri, exp, client.create_run(exp).info.run_id
 
 
@@ -46,7 +46,10 @@ def shared_db(tmp_path_factory: pytest.TempPathFactory) -> str:
 def store(shared_db: str, request: pytest.FixtureRequest) -> Store:
     """A fresh experiment and parent run in the shared store."""
     client = MlflowClient(shared_db)
-    exp = client.create_experiment(f"queue-{request.node.name}-{time.monotonic_ns()}")
+    artifacts = Path(shared_db.removeprefix("sqlite:///")).parent / "artifacts"  # not ./mlruns of the checkout
+    exp = client.create_experiment(
+        f"queue-{request.node.name}-{time.monotonic_ns()}", artifact_location=artifacts.as_uri()
+    )
     return shared_db, exp, client.create_run(exp).info.run_id
 
 
