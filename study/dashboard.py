@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from study.spec_core import JOURNAL_PREFIX, masked, storage_file
+from study.spec_core import masked, storage_file
 from study.store import StudyStore
 from trainables.schema import ConfigError
 
@@ -30,4 +30,4 @@ def serve(store: StudyStore, host: str, port: int) -> None:
     from study.optuna_storage import open_storage
 
     print(f"optuna-dashboard for {masked(url)} on http://{host}:{port}", flush=True)
-    run_server(open_storage(url) if url.startswith(JOURNAL_PREFIX) else url, host=host, port=port)
+    run_server(open_storage(url), host=host, port=port)  # the storage the searcher writes, of any kind
