@@ -29,6 +29,7 @@ from study.mlflow_parent import (
     replay_without_launch,
     use_short_mlflow_retries,
 )
+from study.node_watch import NodeWatch
 from study.options import LaunchOptions
 from study.optuna_storage import check_storage
 from study.progress import ProgressPrinter
@@ -103,7 +104,7 @@ def start_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) -> 
         )
         tracking = MlflowTracking(spec.tracking.uri, exp, parent)
         progress = ProgressPrinter(list(spec.search.space), spec.search.num_samples, already_done=done)
-        tuner = build_tuner(spec, store, launch, [tracking, progress])
+        tuner = build_tuner(spec, store, launch, [tracking, progress, NodeWatch(spec.name)])
         return _finish(spec, store, client, parent, tuner, [tracking], options.mlflow_wait_s)
 
 

@@ -16,6 +16,7 @@ import ray
 
 import trainables
 from study.exit_codes import CannotGoOn
+from study.node_watch import RayNodesLost
 from study.options import RAY_JOB_ENV
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,10 @@ WORKER_RUNTIME_ENV: dict[str, Any] = {"env_vars": WORKER_ENV}
 # The raylet's 30 s to register is fixed in Ray's node.py: a start that runs out of it is what
 # the second attempt is for.
 START_WAIT_ENV = {"RAY_gcs_server_port_wait_time_s": "120", "RAY_agent_register_timeout_ms": "120000"}
+# A local Ray has one node: the GCS marking it dead ends the study (study.node_watch), and a raylet
+# that crashed is noticed by the driver without health checks. So the GCS is told to wait ~4 times
+# Ray's default (5 missed checks, each up to 10 s) before it gives up on a raylet too loaded to answer.
+LOCAL_HEALTH_ENV = {"RAY_health_check_failure_threshold": "20"}
 START_ATTEMPTS = 2
 # The ports of the agents the raylet starts, given up front (see agent_ports_given); ray.init
 # takes only the metrics export port (``_metrics_export_port``).
@@ -55,6 +60,10 @@ def ray_session(address: str | None) -> Iterator[None]:
     previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
         yield
+    except RayNodesLost:
+        if address is None:
+            stop_dead_raylet()
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
         ray.shutdown()
@@ -74,7 +83,7 @@ def connect(address: str) -> None:
 
 
 def start_local() -> None:
-    for key, value in START_WAIT_ENV.items():
+    for key, value in {**START_WAIT_ENV, **LOCAL_HEALTH_ENV}.items():
         os.environ.setdefault(key, value)
 
     def start() -> None:
@@ -90,6 +99,16 @@ def start_local() -> None:
             )
 
     start_with_retry(start, abandon_partial_start)
+
+
+def stop_dead_raylet() -> None:
+    """Kill the raylet of the local node the GCS has marked dead, before ``ray.shutdown``: the
+    driver's core worker waits on its raylet as it shuts down, for ever if the raylet is hung
+    (what a missed-heartbeat death can mean). Ray 2.60 internals, kept to this function:
+    ``ray._private.worker._global_node`` and ``Node.kill_raylet``."""
+    node = ray._private.worker._global_node
+    if node is not None:
+        node.kill_raylet(check_alive=False)
 
 
 def free_ports(count: int) -> list[int]:

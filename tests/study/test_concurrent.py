@@ -40,7 +40,13 @@ def test_two_studies_on_one_sqlite_store_both_finish_with_nothing_lost(tmp_path:
     outputs = []
     try:
         for proc in procs:
-            outputs.append(proc.communicate(timeout=600)[0])
+            try:
+                outputs.append(proc.communicate(timeout=600)[0])
+            except subprocess.TimeoutExpired as exc:  # pytest would show only the start of the output
+                tail = (exc.output or b"")[-6000:]
+                pytest.fail(
+                    f"{proc.args[4]} still running after 600 s; the end of its output:\n{tail.decode(errors='replace')}"
+                )
     finally:
         for proc in procs:  # whatever a study's Ray left, and a study still running after a failure
             with contextlib.suppress(ProcessLookupError):

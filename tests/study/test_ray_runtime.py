@@ -86,8 +86,10 @@ def test_the_start_up_wait_is_raised_unless_the_user_set_it(monkeypatch: pytest.
     seen: list[dict[str, object]] = []
     monkeypatch.setattr(ray, "init", lambda **kw: seen.append(kw))
     monkeypatch.delenv("RAY_gcs_server_port_wait_time_s", raising=False)
+    monkeypatch.delenv("RAY_health_check_failure_threshold", raising=False)
     ray_runtime.start_local()
     assert os.environ["RAY_gcs_server_port_wait_time_s"] == "120"
+    assert os.environ["RAY_health_check_failure_threshold"] == "20"  # the GCS waits longer on its one raylet
     assert seen[0]["address"] == "local" and seen[0]["dashboard_host"] == "127.0.0.1"
     monkeypatch.setenv("RAY_gcs_server_port_wait_time_s", "300")
     ray_runtime.start_local()
