@@ -34,8 +34,8 @@ class RayNodesLost(CannotGoOn):
 def death_line(node: dict[str, Any]) -> str:
     """What the GCS says about one dead node, in one line."""
     where = node.get("NodeManagerAddress") or "unknown address"
-    why = str(node.get("DeathReasonMessage") or node.get("DeathReason") or "no reason given").strip()
-    return f"node {str(node.get('NodeID', '?'))[:12]} at {where}: {why.splitlines()[0] if why else '?'}"
+    why = str(node.get("DeathReasonMessage") or node.get("DeathReason") or "").strip().splitlines()
+    return f"node {str(node.get('NodeID', '?'))[:12]} at {where}: {why[0] if why else 'no reason given'}"
 
 
 class NodeWatch(Callback):
