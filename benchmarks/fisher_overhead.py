@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
+import resource
 import statistics
 import time
 import warnings
 from collections.abc import Callable
 
+import malloc_option
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -201,8 +203,10 @@ def measure(
 
     for _ in range(2):
         sgd_step()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step_ms = statistics.median(seconds(sgd_step) for _ in range(repeats)) * 1e3
-    rows = [(f"plain SGD step ({step_ms:.1f} ms)", "1.00")]
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) // repeats
+    rows = [(f"plain SGD step ({step_ms:.1f} ms, {faults} page faults)", "1.00")]
     probe = copy.deepcopy(model).eval()  # Tr(F) is measured in eval mode; the SGD step trains
     methods: dict[str, Callable[[], object] | str] = {
         "fishtune per_example_sq_grad_norms": lambda: per_example_sq_grad_norms(probe, x, labels),
@@ -255,13 +259,18 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--only", nargs="*", default=[], help="time only the rows whose label contains one of these")
+    malloc_option.add_option(parser)
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no CUDA device")
     torch.set_num_threads(args.threads)
+    malloc = malloc_option.apply(args)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, {where}")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, {where}, "
+        f"{malloc}"
+    )
     for name in args.models:
         measure(name, MODELS[name], args.batch, args.repeats, device, tuple(args.only))
 

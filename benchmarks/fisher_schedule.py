@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import malloc_option
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -158,14 +159,17 @@ def main() -> None:
         metavar="FIELD=YAML",
         help="override a trial field, e.g. fisher.samples=32",
     )
+    malloc_option.add_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    malloc = malloc_option.apply(args)
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     cfg = trial_config(args.lr, args.coef, **overrides)
     budget = cfg.fisher.schedule.budget
     print(
         f"default: fisher.labels={cfg.fisher.labels} samples={cfg.fisher.samples} budget={budget} "
-        f"dense_until_epoch={cfg.fisher.schedule.dense_until_epoch}; {cfg.train.epochs} epochs, lr {args.lr}"
+        f"dense_until_epoch={cfg.fisher.schedule.dense_until_epoch}; {cfg.train.epochs} epochs, lr {args.lr}; "
+        f"{malloc}"
     )
     print(f"1. exact vs float64 loop over classes and examples: rel. error {exactness(cfg):.1e}")
 

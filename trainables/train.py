@@ -23,6 +23,7 @@ import torch
 from ray import tune
 
 from trainables import report
+from trainables.allocator import keep_freed_memory
 from trainables.config import TrialConfig
 from trainables.loop import train
 from trainables.report import Placement
@@ -84,6 +85,7 @@ def failed_result(error: BaseException, last: dict[str, Any] | None, device: str
 
 
 def fishtune_trainable(config: dict[str, Any]) -> None:
+    keep_freed_memory()  # the trial owns its worker process
     device, note = trial_device()
     last: dict[str, Any] | None = None
     try:
