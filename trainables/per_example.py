@@ -162,10 +162,23 @@ def run_passes(
     batch-coupled models. ``hooked``: which modules the visitor handles from their input and δ
     (the rest go to the fallback)."""
     refuse_batch_coupling(model)
+    inputs = pass_layout(inputs)
     with eval_mode(model), torch.enable_grad():
         for start in range(0, len(inputs), chunk_size):
             end = min(start + chunk_size, len(inputs))
             _chunk(model, inputs[start:end], targets.chunk(start, end), slice(start, end), visitor, hooked)
+
+
+def pass_layout(inputs: torch.Tensor) -> torch.Tensor:
+    """Images go through the passes channels-last on the CPU, whatever layout the caller keeps.
+
+    There oneDNN's convolutions and PyTorch's max-pooling are vectorised over channels: the
+    benchmark CNN's forward took 17 ms channels-last against 33 ms in NCHW (benchmarks/README.md).
+    The values do not depend on the layout, only the order of float sums does.
+    """
+    if inputs.dim() == 4 and inputs.device.type == "cpu":
+        return inputs.contiguous(memory_format=torch.channels_last)
+    return inputs
 
 
 def refuse_batch_coupling(model: nn.Module) -> None:

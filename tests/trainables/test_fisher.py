@@ -30,6 +30,23 @@ def test_norms_match_per_example_loop(name: str, n: int) -> None:
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
 
 
+def test_images_go_through_the_passes_channels_last_on_the_cpu() -> None:
+    model, x, y = build("wide_conv", 5)
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    layouts: list[bool] = []
+    handle = first.register_forward_pre_hook(
+        lambda module, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    try:
+        got = per_example_sq_grad_norms(model, x, y)
+    finally:
+        handle.remove()
+    assert layouts == [True] and x.is_contiguous()  # the caller's tensor keeps its layout
+    torch.testing.assert_close(got, reference_norms(model, x, y), rtol=1e-6, atol=0)
+    signals = torch.randn(3, 2, 16)
+    assert per_example.pass_layout(signals) is signals
+
+
 def test_model_mode_parameters_grads_and_buffers_untouched() -> None:
     model, x, y = build("conv2d_bn_residual_inplace", 6)
     for p in model.parameters():
