@@ -208,7 +208,17 @@ def measure(
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) // repeats
     rows = [(f"plain SGD step ({step_ms:.1f} ms, {faults} page faults)", "1.00")]
     probe = copy.deepcopy(model).eval()  # Tr(F) is measured in eval mode; the SGD step trains
+    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x_last = x.contiguous(memory_format=torch.channels_last)
+    opt_last = torch.optim.SGD(channels_last.parameters(), lr=1e-4, momentum=0.9)
+
+    def sgd_step_channels_last() -> None:
+        opt_last.zero_grad()
+        F.cross_entropy(channels_last(x_last), y).backward()
+        opt_last.step()
+
     methods: dict[str, Callable[[], object] | str] = {
+        "plain SGD step, model and input channels-last (the Tr(F) passes' layout on the CPU)": sgd_step_channels_last,
         "fishtune per_example_sq_grad_norms": lambda: per_example_sq_grad_norms(probe, x, labels),
         "fishtune fisher_spectrum, k = 1 (and Tr(F))": lambda: fisher_spectrum(probe, x, 1, labels=labels),
         "fishtune fisher_spectrum, k = 5 (and Tr(F))": lambda: fisher_spectrum(probe, x, 5, labels=labels),

@@ -162,23 +162,28 @@ def run_passes(
     batch-coupled models. ``hooked``: which modules the visitor handles from their input and δ
     (the rest go to the fallback)."""
     refuse_batch_coupling(model)
-    inputs = pass_layout(inputs)
+    inputs = pass_layout(model, inputs)
     with eval_mode(model), torch.enable_grad():
         for start in range(0, len(inputs), chunk_size):
             end = min(start + chunk_size, len(inputs))
             _chunk(model, inputs[start:end], targets.chunk(start, end), slice(start, end), visitor, hooked)
 
 
-def pass_layout(inputs: torch.Tensor) -> torch.Tensor:
-    """Images go through the passes channels-last on the CPU, whatever layout the caller keeps.
+def pass_layout(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Images go through the passes channels-last on the CPU, unless the model has BatchNorm.
 
-    There oneDNN's convolutions and PyTorch's max-pooling are vectorised over channels: the
-    benchmark CNN's forward took 17 ms channels-last against 33 ms in NCHW (benchmarks/README.md).
-    The values do not depend on the layout, only the order of float sums does.
+    Channels-last, oneDNN's convolutions and PyTorch's max-pooling are vectorised over channels:
+    the benchmark CNN's forward took 17 ms against 33 ms in NCHW, its Tr(F) 0.91 against 1.10× a
+    plain SGD step. But BatchNorm's backward and the residual adds around it were 3–7× slower
+    channels-last (ResNet-20's Tr(F): 450 against 406 ms), so such models stay NCHW
+    (benchmarks/README.md). The caller's tensor keeps its layout; values differ only in the order
+    of float sums.
     """
-    if inputs.dim() == 4 and inputs.device.type == "cpu":
-        return inputs.contiguous(memory_format=torch.channels_last)
-    return inputs
+    if inputs.dim() != 4 or inputs.device.type != "cpu":
+        return inputs
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return inputs
+    return inputs.contiguous(memory_format=torch.channels_last)
 
 
 def refuse_batch_coupling(model: nn.Module) -> None:

@@ -44,7 +44,9 @@ def test_images_go_through_the_passes_channels_last_on_the_cpu() -> None:
     assert layouts == [True] and x.is_contiguous()  # the caller's tensor keeps its layout
     torch.testing.assert_close(got, reference_norms(model, x, y), rtol=1e-6, atol=0)
     signals = torch.randn(3, 2, 16)
-    assert per_example.pass_layout(signals) is signals
+    assert per_example.pass_layout(model, signals) is signals
+    with_batch_norm, images, _ = build("conv2d_bn_residual_inplace", 2)
+    assert per_example.pass_layout(with_batch_norm, images) is images
 
 
 def test_model_mode_parameters_grads_and_buffers_untouched() -> None:
