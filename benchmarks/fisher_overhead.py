@@ -218,7 +218,7 @@ def measure(
         opt_last.step()
 
     methods: dict[str, Callable[[], object] | str] = {
-        "plain SGD step, model and input channels-last (the Tr(F) passes' layout on the CPU)": sgd_step_channels_last,
+        "plain SGD step, model and input channels-last": sgd_step_channels_last,
         "fishtune per_example_sq_grad_norms": lambda: per_example_sq_grad_norms(probe, x, labels),
         "fishtune fisher_spectrum, k = 1 (and Tr(F))": lambda: fisher_spectrum(probe, x, 1, labels=labels),
         "fishtune fisher_spectrum, k = 5 (and Tr(F))": lambda: fisher_spectrum(probe, x, 5, labels=labels),
