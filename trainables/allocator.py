@@ -4,9 +4,9 @@ PyTorch's CPU allocator passes every tensor to ``malloc``. glibc serves a block 
 ``M_MMAP_THRESHOLD`` with fresh ``mmap`` pages and unmaps it on ``free``, and hands the top of
 the heap back to the OS once more than ``M_TRIM_THRESHOLD`` is free there. A training step
 allocates and frees the same activations every step, so each step page-faults them in again:
-on the benchmark CNN (batch 128 of 3×32×32) a plain SGD step took 8,160 minor page faults and
-82 ms, and with the two thresholds raised 0 faults and 64 ms (benchmarks/README.md). Ray gives
-each trial its own worker process, so raising them there affects that trial only.
+on the benchmark CNN (batch 128 of 3×32×32) a plain SGD step took 4,500–11,000 minor page faults
+and 73–81 ms, and with the two thresholds raised 0–300 faults and 64–70 ms (benchmarks/README.md).
+Ray gives each trial its own worker process, so raising them there affects that trial only.
 
 The cost is resident memory: a process keeps its peak heap until it exits.
 """
