@@ -14,7 +14,6 @@ The cost is resident memory: a process keeps its peak heap until it exits.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 # mallopt(3) parameters (malloc.h) and the largest mmap threshold glibc accepts on 64-bit
@@ -29,11 +28,8 @@ def glibc() -> ctypes.CDLL | None:
     """The process's C library where it is glibc (which has ``mallopt``), else None."""
     if not sys.platform.startswith("linux"):
         return None
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if libc is None or not hasattr(libc, "gnu_get_libc_version"):
-        return None
-    return libc
+    libc = ctypes.CDLL(None)  # the symbols already loaded into this process, its libc's among them
+    return libc if hasattr(libc, "gnu_get_libc_version") else None
 
 
 def keep_freed_memory() -> bool:
