@@ -73,6 +73,7 @@ def kill_session(sid: int) -> None:
 @dataclass
 class Cluster:
     address: str
+    temp_dir: Path
     head: subprocess.Popen[bytes]
     worker: subprocess.Popen[bytes]
     head_id: str = ""
@@ -105,7 +106,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         )
         worker = None
         try:
-            c = Cluster(address, head, head)
+            c = Cluster(address, temp_dir, head, head)
             wait_for(lambda: len(c.alive_nodes()) == 1, 90, "the head node")
             worker = subprocess.Popen(
                 [*worker_cmd, *common, "--num-gpus", "2"], env=env, stdout=wlog, stderr=wlog, start_new_session=True
@@ -124,10 +125,14 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             assert all(not session_pids(p.pid) for p in (worker, head) if p is not None)
 
 
-def placements(results: Path) -> list[tuple[str, str, float, float]]:
-    """(node id, GPU id, start, end) of each process that ran a trial, from Tune's result files."""
+def placements(result_files: list[Path]) -> list[tuple[str, str, float, float]]:
+    """(node id, GPU id, start, end) of each process that ran a trial, from Tune's result files.
+
+    A file may be read twice (the driver's staging copy and the synced one): spans merge by
+    (trial directory, pid), so a line seen in either counts once.
+    """
     spans: dict[tuple[str, int], list] = {}
-    for path in results.glob("*/result.json"):
+    for path in result_files:
         for line in path.read_text().splitlines():
             r = json.loads(line)
             gpu = re.search(r"Ray assigned GPU (\S+)", r["fishtune_device_note"])
@@ -137,6 +142,24 @@ def placements(results: Path) -> list[tuple[str, str, float, float]]:
             span = spans.setdefault(key, [r["fishtune_node_id"], gpu.group(1), start, r["timestamp"]])
             span[2], span[3] = min(span[2], start), max(span[3], r["timestamp"])
     return [tuple(s) for s in spans.values()]  # type: ignore[misc]
+
+
+def staged_results(temp_dir: Path, launch: str, into: Path) -> list[Path]:
+    """Copies of the driver's staging ``result.json`` files of ``launch``, taken now.
+
+    Tune writes a trial's results in the driver's staging directory and syncs them to the
+    storage path now and then; a trial restored from a checkpoint gets its staging file back
+    from storage, so lines reported since the last sync (those of a lost node) are gone from
+    the file the study leaves. The test reads them here, before it kills the node.
+    """
+    copies = []
+    found = temp_dir.glob(f"session_*/artifacts/*/{launch}/driver_artifacts/*/result.json")
+    for i, path in enumerate(sorted({p.resolve() for p in found})):  # session_latest links to the session
+        copy = into / f"{i}" / path.parent.name / "result.json"
+        copy.parent.mkdir(parents=True)
+        shutil.copyfile(path, copy)
+        copies.append(copy)
+    return copies
 
 
 def max_overlap(spans: list[tuple[float, float]]) -> int:
@@ -182,6 +205,8 @@ def test_study_on_two_nodes_packs_fractional_gpus_and_survives_losing_a_node(clu
     log_text: Callable[[], str] = lambda: (tmp_path / "driver.log").read_text()  # noqa: E731
     try:
         wait_for(worker_trial_mid_run, 300, "a trial running on the worker node")
+        staged = staged_results(cluster.temp_dir, "launch-1", tmp_path / "staged")
+        assert staged, sorted(str(p) for p in cluster.temp_dir.rglob("result.json"))
         kill_session(cluster.worker.pid)  # the worker node and its trial processes die at once
         assert driver.wait(timeout=480) == 0, log_text()
     finally:
@@ -205,7 +230,7 @@ def test_study_on_two_nodes_packs_fractional_gpus_and_survives_losing_a_node(clu
     assert restarted and all(r.data.tags["fishtune.node_id"] == cluster.head_id for r in restarted)
     assert [t.state for t in optuna_trials(storage, name)] == [optuna.trial.TrialState.COMPLETE] * 6
 
-    spans = placements(storage / "runs" / name / "ray" / "launch-1")
+    spans = placements([*staged, *(storage / "runs" / name / "ray" / "launch-1").glob("*/result.json")])
     assert {node for node, *_ in spans} == {cluster.head_id, cluster.worker_id}
     for node in (cluster.head_id, cluster.worker_id):
         for gpu in {g for n, g, *_ in spans if n == node}:
