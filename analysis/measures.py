@@ -18,21 +18,26 @@ Both return a :class:`Read`: the value, its standard error, the centre's epoch a
 logged step at or after it. The standard error is the weighted mean of the points'
 ``fisher_trace_stderr`` (weights of the box average), as if their errors were fully correlated:
 the probe is one fixed set of examples, so its composition error is shared by nearby points and
-averaging does not shrink it. With the default exact estimator that is all of the error; with
-sampled labels the label part is independent between points and this bound is conservative.
+averaging does not shrink it. With the exact estimator that is all of the point's error; with
+``top`` (the default) or sampled labels the label part is independent between points and this
+bound is conservative. It does not cover the error of reading the curve between its points,
+which depends on the logging density (below).
 
 **Raw reads** (design §4's rules, which the trainable logs as its summary; kept to check the two
 agree): :func:`early_fisher_trace`, :func:`fisher_peak`, :func:`fisher_at_epoch`. No interpolation:
 every value is read at a logged step; a NaN point is not a measurement and is skipped.
 
-Default box: ``WINDOW_EPOCHS`` = 1.0 on a grid of ``GRID_EPOCHS`` = 0.125 epochs. Measured on a
-digits trial (lr 0.01) with Tr(F) logged at every step and then thinned: against the default
-schedule (every 4 steps), logging every step changed the peak by +0.1 % at w = 1.0; logging every
-16 steps by −2.0 % (spread over the 16 offsets ±3 %), against −5.8 % (±9 %) at w = 0.5 and
-−7.7 % at w = 0.25, because that trial's Tr(F) explodes within half an epoch and a sparse
-schedule's interpolant misses the top. A box flattens a peak by about f''·w²/24, ~1 % for a
-bump 2 epochs wide; the grid (8 centres per box) adds < 0.1 %. tests/analysis/test_measures.py
-checks the ≤ 5 % agreement on a curve shaped like that trial's.
+Default box: ``WINDOW_EPOCHS`` = 1.0 on a grid of ``GRID_EPOCHS`` = 0.125 epochs. How far a
+read depends on the logging density, measured on the default study's trial at lr 0.01 / 0.02 /
+0.04 (``benchmarks/fisher_schedule.py --thin``: Tr(F) logged at every step, then thinned to
+every k steps at each of the k phases; rms over the phases of the read's error against the
+every-step read): every 4 steps 0.3 / 0.9 / 2.6 %, every 8 (the default schedule there) 0.7 /
+3.5 / 5.0 %, every 16 2.3 / 11.9 / 14.2 %, epoch ends only 7.4 / 18.8 / 25.5 %, mostly low:
+Tr(F) explodes within half an epoch and a sparse schedule's interpolant misses the top. A
+2-epoch box roughly halves the error of sparse schedules but reads a lower, later peak; a
+0.5-epoch box raises it. A box flattens a peak by about f''·w²/24, ~1 % for a bump 2 epochs
+wide; the grid (8 centres per box) adds < 0.1 %. tests/analysis/test_measures.py checks the
+≤ 5 % agreement on a curve shaped like such a trial's.
 """
 
 from __future__ import annotations
