@@ -139,7 +139,7 @@ def test_train_loss_is_example_weighted_and_window_sizes_are_logged() -> None:
     assert examples[2] == 256.0 and examples[11] == n_train - 10 * 128  # step 11: the short last batch alone
 
 
-@pytest.mark.parametrize("labels", ["exact", "sampled"])
+@pytest.mark.parametrize("labels", ["top", "exact", "sampled"])
 def test_fisher_estimator_follows_the_spec(labels: str) -> None:
     extra = {"fisher.label_samples": 3} if labels == "sampled" else {}
     reports = run(config(**{"fisher.labels": labels, "train.epochs": 1, **extra}))
@@ -155,7 +155,7 @@ def test_recompute_every_defaults_to_each_penalty_paper(kind: str, every: int) -
     assert PenaltyConfig(kind=kind, coef=0.1, recompute_every=3).every == 3
 
 
-@pytest.mark.parametrize("labels", ["exact", "sampled"])
+@pytest.mark.parametrize("labels", ["top", "exact", "sampled"])
 def test_spectrum_is_logged_with_every_tr_f_point_from_the_same_matrix(labels: str) -> None:
     plain = run(config(**{"fisher.labels": labels, "train.epochs": 1}))[0].curves
     curves = run(config(**{"fisher.labels": labels, "train.epochs": 1, "fisher.spectrum.k": 3}))[0].curves
