@@ -19,21 +19,62 @@ from analysis.mlflow_reader import load_study
 from analysis.report import EPOCH_K, resolve_epsilon
 from analysis.table import COEF, trials_table
 
+# What a Tr(F) point is and how densely the points were logged: a peak read depends on both
+# (the logging density alone moves it by up to ~15 % at the old default's spacing;
+# benchmarks/README.md), so a Tr(F) peak ratio between studies that differ here is partly
+# their measurement's.
+MEASUREMENT_FIELDS = ("fisher.labels", "fisher.samples", "fisher.label_samples", "fisher.top_classes")
+MEASUREMENT_PREFIX = "fisher.schedule."
+NOT_RECORDED = "(not recorded)"
+
 
 class TooFewArms(ValueError):
     """Fewer than two arms: there is nothing to compare (a user error)."""
 
 
+def measurement_differences(params: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """The Tr(F) measurement settings that differ between studies: field → study → value.
+
+    ``params``: each study's parent-run params (its resolved, flattened spec).
+    """
+    fields = sorted(
+        {k for p in params.values() for k in p if k in MEASUREMENT_FIELDS or k.startswith(MEASUREMENT_PREFIX)}
+    )
+    values = {f: {study: p.get(f, NOT_RECORDED) for study, p in params.items()} for f in fields}
+    return {f: by_study for f, by_study in values.items() if len(set(by_study.values())) > 1}
+
+
+def measurement_warning(differences: dict[str, dict[str, str]]) -> str | None:
+    """One sentence naming the differing settings, or None when the studies measure alike."""
+    if not differences:
+        return None
+    settings = "; ".join(
+        f"{field} " + ", ".join(f"{value} in {study}" for study, value in by_study.items())
+        for field, by_study in differences.items()
+    )
+    return (
+        f"the studies measure Tr(F) differently ({settings}), so their Tr(F) peak ratios mix the "
+        "measurement with the penalty: rerun them with the same fisher settings to compare peaks"
+    )
+
+
 def compare(tracking_uri: str, studies: list[str], out: Path) -> dict[str, Any]:
     client = MlflowClient(tracking_uri)
     arms: list[Arm] = []
+    params: dict[str, dict[str, str]] = {}
     for name in studies:
         study = load_study(client, name)
+        params[name] = study.params
         table = trials_table(study, resolve_epsilon(study, None), EPOCH_K)
         arms += study_arms(table, study.searched, study.params) if not table.empty else []
     if len(arms) < 2:
         raise TooFewArms(f"studies {', '.join(studies)}: {len(arms)} arm(s) with completed trials; compare needs two")
-    result = {"studies": studies, "arms": arms_table(arms), "comparisons": comparisons(arms)}
+    result = {
+        "studies": studies,
+        "arms": arms_table(arms),
+        "comparisons": comparisons(arms),
+        "measurement_differences": measurement_differences(params),
+    }
     coefficients = [arm.tried.assign(arm=arm.label) for arm in arms if not arm.tried.empty]
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(result, indent=2))
@@ -64,6 +105,8 @@ def markdown(result: dict[str, Any], tried: pd.DataFrame) -> str:
         "| best test accuracy | Tr(F) peak |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    if warning := measurement_warning(result["measurement_differences"]):
+        lines.insert(1, f"**Warning:** {warning}.\n")
     for row in result["arms"]:
         ci = row["test_ci95"]
         interval = f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "[—, —]"

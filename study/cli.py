@@ -190,7 +190,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     uri = _tracking_uri(args, None if args.tracking_uri else args.studies[0])
-    from analysis.compare import TooFewArms, compare
+    from analysis.compare import TooFewArms, compare, measurement_warning
     from analysis.mlflow_reader import StudyNotFound
 
     out = Path(args.out) if args.out else Path("reports") / args.name
@@ -198,6 +198,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         result = compare(uri, args.studies, out)
     except (StudyNotFound, LookupError, TooFewArms) as exc:
         raise ConfigError(str(exc)) from None
+    if warning := measurement_warning(result["measurement_differences"]):
+        print(f"fishtune: warning: {warning}", file=sys.stderr)
     for row in result["arms"]:
         chosen = "" if row["coef"] is None else f" (α {row['coef']:.3g} of {row['coefs_tried'] or 1})"
         print(f"{row['arm']}{chosen}: final test accuracy {row['test_mean']:.4f}, n = {row['n']}")

@@ -46,7 +46,8 @@ def study(client: MlflowClient, name: str, params: dict[str, str], searched: str
 def store(tmp_path: Path) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    base = {"penalty.kind": "none", "penalty.coef": "0.0", "train.lr": "0.04"}
+    measured = {"fisher.labels": "exact", "fisher.samples": "64", "fisher.schedule.budget": "0.15"}
+    base = {"penalty.kind": "none", "penalty.coef": "0.0", "train.lr": "0.04", **measured}
     study(
         client,
         "base",
@@ -89,6 +90,29 @@ def test_compare_writes_the_table_and_prints_one_line_per_arm(
     text = (out / "compare.md").read_text()
     assert "| FP, lr 0.004 | 0.01 | 2 | 3 |" in text and "Holm over the 3 comparisons" in text
     assert "no spread" not in text  # every arm's seeds differ in test accuracy: each comparison has its interval
+    assert result["measurement_differences"] == {} and "Warning" not in text  # both measure Tr(F) alike
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_compare_warns_when_the_studies_measure_tr_f_differently(
+    store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = MlflowClient(store)
+    params = {"penalty.kind": "fisher", "train.lr": "0.004", "fisher.labels": "top", "fisher.samples": "64"}
+    params["fisher.schedule.budget"] = "0.2"
+    trials = [{"penalty.coef": 0.01, "train.seed": s, "val": 0.8, "test": 0.9, "peak": 50.0} for s in (0, 1, 2)]
+    study(client, "fp-top", params, "penalty.coef,train.seed", trials)
+    out = tmp_path / "mixed"
+    assert main(["compare", "base", "fp-top", "--name", "m", "--tracking-uri", store, "--out", str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fishtune: warning: the studies measure Tr(F) differently")
+    assert "fisher.labels exact in base, top in fp-top" in err[0] and "fisher.schedule.budget 0.15 in base" in err[0]
+    result = json.loads((out / "compare.json").read_text())
+    assert result["measurement_differences"] == {
+        "fisher.labels": {"base": "exact", "fp-top": "top"},
+        "fisher.schedule.budget": {"base": "0.15", "fp-top": "0.2"},
+    }
+    assert "**Warning:** the studies measure Tr(F) differently" in (out / "compare.md").read_text()
 
 
 def test_compare_refuses_an_unknown_study_and_a_single_arm(
