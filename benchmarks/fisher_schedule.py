@@ -13,9 +13,9 @@ penalty; lr and penalty coefficient fixed to ``--lr`` / ``--coef``), all in this
 4. **Density**: the same trial with a 4× larger and a 4× smaller budget; the peak read by the
    analysis' rules (:func:`analysis.measures.smoothed_peak`) against the default's.
 5. **Thinning** (``--thin``): the trial logged at every step for 6 epochs, then thinned to every
-   2 … 41 steps (41 = epoch ends on digits) at each of the k phases of the thinning; the peak
-   read at several box widths against the every-step read (mean, sd, rms and worst over the
-   phases): how dense a schedule the read needs, and how far a read at a given density may be off.
+   2 … 41 steps (41 = epoch ends on digits) at each of the k phases of the thinning; the peak and
+   early reads at several box widths against the every-step reads (mean, sd, rms and worst over
+   the phases): how dense a schedule the reads need, and how far a read at a density may be off.
 
     .venv/bin/python benchmarks/fisher_schedule.py [--lr 0.02] [--coef 0.003] [--repeats 2]
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import statistics
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from analysis.measures import smoothed_peak
+from analysis.measures import smoothed_early, smoothed_peak
 from trainables import loop, trial
 from trainables.config import TrialConfig
 from trainables.fisher import fisher_trace
@@ -211,40 +212,64 @@ def main() -> None:
         thinning(args.lr, args.coef, overrides)
 
 
+def merged_windows(loss: pd.Series, examples: pd.Series, keep: list[int]) -> tuple[pd.Series, pd.Series]:
+    """The train-loss windows a schedule logging only at ``keep`` would have logged: each kept
+    step's window pools, weighted by examples, the every-step windows since the previous kept step."""
+    group = pd.Series(keep, index=keep).reindex(loss.index).bfill()
+    frame = pd.DataFrame({"mass": loss * examples, "n": examples, "group": group}).dropna()
+    pooled = frame.groupby("group")[["mass", "n"]].sum()
+    pooled.index = pooled.index.astype(int)
+    return pooled["mass"] / pooled["n"], pooled["n"]
+
+
 def thinning(lr: float, coef: float, overrides: dict[str, Any]) -> None:
-    """Measurement 5: the peak read of a thinned every-step curve, over every phase of the thinning.
+    """Measurement 5: the peak and early reads of a thinned every-step run, over every phase.
 
     A schedule every k steps lands on one of k phases of the curve; which one is an accident of
-    the step count, so the read's error against the every-step read is given over all k phases
-    (mean, sd and the worst), not only for phase 0.
+    the step count, so each read's error against the every-step read is given over all k phases
+    (mean, sd, rms and the worst), not only for phase 0. The early read (Tr(F) where the smoothed
+    train loss crosses ε) thins the train-loss windows too: a kept point's window pools the ones
+    since the previous kept point, weighted by examples, as the trainable would have logged it.
     """
     dense = {"fisher.schedule.dense_every": 1, "fisher.schedule.dense_until_epoch": 6.0}
     cfg = trial_config(lr, coef, **(overrides | dense))
+    epsilon = cfg.fisher.epsilon
+    assert epsilon is not None
     _, reports, _ = run(cfg)
     fisher, epoch = curve(reports, "fisher_trace"), curve(reports, "epoch")
+    loss, examples = curve(reports, "train_loss"), curve(reports, "train_examples")
     steps_per_epoch = reports[0].step
+
+    def reads(keep: list[int], window: float) -> tuple[float, float]:
+        thin_loss, thin_examples = merged_windows(loss, examples, keep)
+        peak = smoothed_peak(fisher[keep], epoch[keep], window=window)
+        early = smoothed_early(fisher[keep], thin_loss, epoch[keep], epsilon, weights=thin_examples, window=window)
+        return (peak.value if peak else math.nan), (early.value if early else math.nan)
+
     print(
-        "5. peak read after thinning an every-step run to every k steps, over the k phases, against the every-step read"
+        "5. peak and early reads after thinning an every-step run to every k steps, over the k phases, "
+        "against the every-step reads"
     )
     for window in (0.5, 1.0, 2.0):
-        reference = smoothed_peak(fisher, epoch, window=window)
-        assert reference is not None
-        print(f"   window {window} epochs (every-step read {reference.value:.1f} at epoch {reference.epoch:.2f}):")
+        reference = reads(list(fisher.index), window)
+        print(f"   window {window} epochs (every-step reads: peak {reference[0]:.1f}, early {reference[1]:.1f}):")
         for every in (2, 4, 8, 11, 16, 22, steps_per_epoch):
-            errors = []
-            for phase in range(every):
-                keep = [
-                    s
-                    for s in fisher.index
-                    if (s - phase) % every == 0 or s % steps_per_epoch == 0 or s > 6 * steps_per_epoch
-                ]
-                read = smoothed_peak(fisher[keep], epoch[keep], window=window)
-                assert read is not None
-                errors.append(read.value / reference.value - 1)
-            mean, sd = statistics.fmean(errors), statistics.pstdev(errors)
-            rms = statistics.fmean(e * e for e in errors) ** 0.5
-            worst = max(errors, key=abs)
-            print(f"     every {every:2d}: mean {mean:+.1%}, sd {sd:.1%}, rms {rms:.1%}, worst {worst:+.1%}")
+            cells = []
+            for which in (0, 1):
+                errors = []
+                for phase in range(every):
+                    keep = [
+                        s
+                        for s in fisher.index
+                        if (s - phase) % every == 0 or s % steps_per_epoch == 0 or s > 6 * steps_per_epoch
+                    ]
+                    errors.append(reads(keep, window)[which] / reference[which] - 1)
+                rms = statistics.fmean(e * e for e in errors) ** 0.5
+                cells.append(
+                    f"{('peak', 'early')[which]} mean {statistics.fmean(errors):+.1%}, sd "
+                    f"{statistics.pstdev(errors):.1%}, rms {rms:.1%}, worst {max(errors, key=abs):+.1%}"
+                )
+            print(f"     every {every:2d}: " + " | ".join(cells))
 
 
 if __name__ == "__main__":
