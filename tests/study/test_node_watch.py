@@ -81,24 +81,27 @@ def test_a_table_that_cannot_be_read_is_logged_and_read_again(caplog: pytest.Log
     assert table.reads == 2
 
 
-def _raylet(session: int) -> int:
-    """The pid of the one raylet in process session ``session`` (from /proc: no psutil here)."""
-    found = []
+def _node_processes(session: int) -> list[int]:
+    """The pids of the one raylet in process session ``session`` and of the workers it started
+    (from /proc: no psutil here)."""
+    table: dict[int, tuple[str, int, int]] = {}  # pid → (comm, ppid, session)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):
             pid, rest = stat.read_text().split(" (", 1)
             comm, fields = rest.rsplit(") ", 1)
-            if comm == "raylet" and int(fields.split()[3]) == session:  # state ppid pgrp session
-                found.append(int(pid))
-    (pid,) = found
-    return pid
+            _, ppid, _, sid = fields.split()[:4]  # state ppid pgrp session
+            table[int(pid)] = (comm, int(ppid), int(sid))
+    (raylet,) = [pid for pid, (comm, _, sid) in table.items() if comm == "raylet" and sid == session]
+    return [raylet, *(pid for pid, (_, ppid, _) in table.items() if ppid == raylet)]
 
 
 @pytest.mark.ray
 def test_a_study_whose_node_is_marked_dead_stops_and_resumes_on_a_new_ray(tmp_path: Path) -> None:
-    """Real Ray: the raylet is frozen mid-trial and the GCS (told to give up after two missed
-    1-s health checks) marks the only node dead. Before, Tune waited for ever with zero
-    resources; now the run exits 1 within a minute, and `fishtune resume` finishes the study."""
+    """Real Ray: the node hangs mid-trial (its raylet and the workers it started are frozen) and
+    the GCS (told to give up after two missed 1-s health checks) marks it dead. Before, Tune waited
+    for ever with zero resources; now the run exits 1 within a minute, and `fishtune resume`
+    finishes the study. The trial's worker is frozen too: left running, it finished its 40 epochs
+    before the node was marked dead in one CI run, and the driver then hung on the frozen raylet."""
     spec = tiny_spec(tmp_path, "frozen", num_samples=1, max_concurrent=1)
     spec.write_text(spec.read_text().replace("epochs: 2", "epochs: 40"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -116,10 +119,11 @@ def test_a_study_whose_node_is_marked_dead_stops_and_resumes_on_a_new_ray(tmp_pa
     try:
         assert proc.poll() is None, out
         wait_for(lambda: len(children(uri, "frozen")) == 1, STUDY_TIMEOUT_S, "the trial's MLflow run")
-        os.kill(_raylet(proc.pid), signal.SIGSTOP)
+        for pid in _node_processes(proc.pid):
+            os.kill(pid, signal.SIGSTOP)
         rest, _ = proc.communicate(timeout=180)
     finally:
-        with contextlib.suppress(ProcessLookupError):  # the stopped raylet and whatever else is left
+        with contextlib.suppress(ProcessLookupError):  # the stopped node and whatever else is left
             os.killpg(proc.pid, signal.SIGKILL)
     out += rest
     assert proc.returncode == 1, out
