@@ -28,7 +28,7 @@ class ScheduleConfig:
     (``None``: epoch ends only). With ``dense_every: null`` the dense spacing follows from
     ``budget``, the share of the trial's training compute that the points beyond the epoch ends
     may cost, by the deterministic cost model of :meth:`LogSchedule.resolve` (no wall clock:
-    reruns log the same steps). The default 0.2 took 10.4–10.6 % of the default study's trial
+    reruns log the same steps). The default 0.2 took 10.2–10.6 % of the default study's trial
     in-run (the cost model leaves evaluation and the penalty out): within the 15 % of a trial
     that Tr(F) logging may cost, as dense as that allows with room for a slower machine.
     """
