@@ -105,6 +105,18 @@ def configurations_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _spacing_sentence(report: dict[str, Any]) -> str:
+    """How far apart the points behind the reads were: their ± does not cover reading between them."""
+    peak = report.get("read_spacing", {}).get("fisher_peak", {})
+    if peak.get("median") is None:
+        return ""
+    return (
+        f" The peak reads interpolate points up to {peak['median']} steps apart (median over trials; "
+        f"largest {peak['max']}); their ± covers the probe and the label draws, not reading between "
+        "points (on digits ~5 % rms at 8 steps, ~16 % at 22: benchmarks/README.md)."
+    )
+
+
 def markdown(report: dict[str, Any], images: list[str]) -> str:
     smoothing = report.get("smoothing", {})
     parts = [
@@ -114,7 +126,7 @@ def markdown(report: dict[str, Any], images: list[str]) -> str:
         + ", ".join(f"{k} {v}" for k, v in report["excluded"].items())
         + f". ε = {report['epsilon']:g}; {len(report['not_crossed'])} completed trial(s) never reached it "
         f"(smoothed train loss). Reads from curves averaged over {smoothing.get('window_epochs', '—')}-epoch "
-        f"boxes on a {smoothing.get('grid_epochs', '—')}-epoch grid.\n",
+        f"boxes on a {smoothing.get('grid_epochs', '—')}-epoch grid.{_spacing_sentence(report)}\n",
     ]
     if "message" in report:
         parts.append(f"**{report['message']}.**\n")

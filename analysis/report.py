@@ -57,6 +57,7 @@ def build_report(
         "n_used": len(used),
         "excluded": {reason: int((table["outcome"] == reason).sum()) for reason in EXCLUDED},
         "not_crossed": [str(t) for t in used.loc[used[names.EARLY_FISHER_TRACE].isna(), "trial_id"]],
+        "read_spacing": read_spacing(used),
         "accuracy": {
             "final": "final_test_accuracy (after the last epoch)",
             "best": "best_test_accuracy (max over epochs)",
@@ -72,6 +73,18 @@ def build_report(
     report["aggregates"] = aggregates(used, keys)
     report["importances"] = importances(used, keys)
     return report
+
+
+def read_spacing(used: pd.DataFrame) -> dict[str, dict[str, int | None]]:
+    """Per read, the median and the largest over trials of its ``_spacing`` (the largest gap in
+    steps between the points it interpolates): how densely the study's reads were sampled."""
+    out: dict[str, dict[str, int | None]] = {}
+    for name in (names.EARLY_FISHER_TRACE, names.FISHER_PEAK):
+        column = f"{name}_spacing"
+        spacing = used[column].dropna() if column in used else pd.Series(dtype=float)
+        empty = spacing.empty
+        out[name] = {"median": None if empty else int(spacing.median()), "max": None if empty else int(spacing.max())}
+    return out
 
 
 def aggregates(used: pd.DataFrame, keys: list[str]) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """The trials table: one row per child run, early-Fisher measures read from the curves.
 
 ``early_fisher_trace`` and ``fisher_peak`` are the smoothed reads of :mod:`analysis.measures`
-(with ``_stderr`` and ``_epoch`` columns beside them); ``raw_<name>`` are the same measures by the
+(with ``_stderr``, ``_epoch`` and ``_spacing`` columns beside them: the spacing is the largest gap
+in steps between the points a read interpolates, how densely it was sampled); ``raw_<name>`` are the same measures by the
 trainable's raw rules, compared with its logged summary (``logged_<name>``) in ``mismatch``.
 ``val_accuracy_at_<read>`` is the validation accuracy at the first epoch end at or after the
 read's step, the practical baseline a pruner would have at that time.
@@ -58,6 +59,7 @@ def _reads(curves: dict[str, pd.Series], epsilon: float, window: float) -> dict[
         row[name] = read.value if read else math.nan
         row[f"{name}_stderr"] = read.stderr if read else math.nan
         row[f"{name}_epoch"] = read.epoch if read else math.nan
+        row[f"{name}_spacing"] = read.spacing if read else math.nan
         row[f"val_accuracy_at_{at}"], row[f"val_epoch_at_{at}"] = _val_after(val, epoch, read)
     row["reached_epsilon_step"] = early.step if early else math.nan
     row[names.FISHER_PEAK_STEP] = peak.step if peak else math.nan

@@ -46,7 +46,7 @@ def logged_every(curves: pd.DataFrame, k: int, phase: int = 0) -> dict[str, pd.S
     return {"fisher": part["fisher"], "epoch": part["epoch"], "stderr": part["stderr"], "loss": loss}
 
 
-@pytest.mark.parametrize("k", [1, 16])  # 4× denser and 4× sparser than the default (every 4 steps)
+@pytest.mark.parametrize("k", [1, 16])  # 4× denser and 4× sparser than every 4 steps
 def test_reads_do_not_depend_on_the_logging_density(k: int) -> None:
     curves = trial_curves()
     reference = logged_every(curves, 4)
@@ -63,6 +63,7 @@ def test_reads_do_not_depend_on_the_logging_density(k: int) -> None:
 def test_the_raw_peak_grows_with_the_logging_density_and_the_smoothed_one_does_not() -> None:
     curves = trial_curves()
     dense, sparse = logged_every(curves, 1), logged_every(curves, 16)
+    assert [smoothed_peak(c["fisher"], c["epoch"]).spacing for c in (dense, sparse)] == [1, 16]
     raw = [fisher_peak(c["fisher"], c["epoch"])[0] for c in (dense, sparse)]
     smooth = [smoothed_peak(c["fisher"], c["epoch"]).value for c in (dense, sparse)]
     assert raw[0] / raw[1] > 1.05  # the max over 16× more noisy points
@@ -80,6 +81,7 @@ def test_the_read_carries_the_points_stderr() -> None:
     assert read.stderr == pytest.approx(weights @ local)  # the probe's error is shared: not reduced
     assert local.min() <= read.stderr <= local.max()
     assert read.step == curves["epoch"].index[np.searchsorted(t, read.epoch)]
+    assert read.spacing == 4  # every 4 steps; the epoch ends fall between (41 = 10 × 4 + 1)
     assert math.isnan(smoothed_peak(curves["fisher"], curves["epoch"]).stderr)  # no stderr curve given
 
 

@@ -99,6 +99,8 @@ def test_report_values_against_hand_computed_numbers(store: str, tmp_path: Path)
     assert report["excluded"] == {"diverged": 1, "failed": 1, "early_stopped": 1}
     assert report["not_crossed"] == ["t6"]
     assert report["epsilon"] == EPS
+    assert report["read_spacing"]["fisher_peak"] == {"median": 10, "max": 10}
+    assert "The peak reads interpolate points up to 10 steps apart" in (out / "report.md").read_text()
 
     table = pd.read_csv(out / "trials.csv")
     row = table.set_index("trial_id")
@@ -113,6 +115,7 @@ def test_report_values_against_hand_computed_numbers(store: str, tmp_path: Path)
         peak, epoch = brute_force_peak(i)
         assert row.loc[f"t{i}", "fisher_peak"] == pytest.approx(peak, rel=1e-5)
         assert row.loc[f"t{i}", "fisher_peak_epoch"] == epoch
+        assert row.loc[f"t{i}", "fisher_peak_spacing"] == 10  # the points are logged every 10 steps
         assert 0 < row.loc[f"t{i}", "fisher_peak_stderr"] < 0.1 * (80.0 - 10 * i)  # averaging shrinks it
     assert row.loc["t2", "mismatch"] == "fisher_peak" and row.loc["t2", "logged_fisher_peak"] == 999.0
     assert row.loc["t0", "train.lr"] == pytest.approx(1e-3)
