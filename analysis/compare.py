@@ -35,7 +35,10 @@ class TooFewArms(ValueError):
 def measurement_differences(params: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
     """The Tr(F) measurement settings that differ between studies: field → study → value.
 
-    ``params``: each study's parent-run params (its resolved, flattened spec).
+    ``params``: each study's parent-run params (its resolved, flattened spec). Values are compared
+    as recorded, without torch's config classes (the analysis runs without them), so a value
+    given explicitly and the same value left to its default (``top_classes: 2`` and ``None``)
+    count as different: a warning too many, never one too few.
     """
     fields = sorted(
         {k for p in params.values() for k in p if k in MEASUREMENT_FIELDS or k.startswith(MEASUREMENT_PREFIX)}

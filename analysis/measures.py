@@ -83,7 +83,8 @@ def _read(steps: np.ndarray, t: np.ndarray, stderr: np.ndarray, centre: float, v
     where, weights = point_weights(t, centre, window)
     se = float(weights @ stderr[where])  # fully correlated errors: see the module docstring
     step = int(steps[np.searchsorted(t, centre - 1e-9)])
-    spacing = int(np.diff(steps[where]).max()) if len(steps[where]) > 1 else 0
+    used = steps[where]
+    spacing = int(np.diff(used).max()) if len(used) > 1 else 0
     return Read(value=float(value), stderr=se, epoch=float(centre), step=step, spacing=spacing)
 
 

@@ -254,21 +254,20 @@ def thinning(lr: float, coef: float, overrides: dict[str, Any]) -> None:
         reference = reads(list(fisher.index), window)
         print(f"   window {window} epochs (every-step reads: peak {reference[0]:.1f}, early {reference[1]:.1f}):")
         for every in (2, 4, 8, 11, 16, 22, steps_per_epoch):
-            cells = []
-            for which in (0, 1):
-                errors = []
-                for phase in range(every):
-                    keep = [
-                        s
-                        for s in fisher.index
-                        if (s - phase) % every == 0 or s % steps_per_epoch == 0 or s > 6 * steps_per_epoch
-                    ]
-                    errors.append(reads(keep, window)[which] / reference[which] - 1)
-                rms = statistics.fmean(e * e for e in errors) ** 0.5
-                cells.append(
-                    f"{('peak', 'early')[which]} mean {statistics.fmean(errors):+.1%}, sd "
-                    f"{statistics.pstdev(errors):.1%}, rms {rms:.1%}, worst {max(errors, key=abs):+.1%}"
-                )
+            errors: tuple[list[float], list[float]] = ([], [])  # peak, early: one per phase
+            for phase in range(every):
+                keep = [
+                    s
+                    for s in fisher.index
+                    if (s - phase) % every == 0 or s % steps_per_epoch == 0 or s > 6 * steps_per_epoch
+                ]
+                for found, ref, out in zip(reads(keep, window), reference, errors, strict=True):
+                    out.append(found / ref - 1)
+            cells = [
+                f"{label} mean {statistics.fmean(e):+.1%}, sd {statistics.pstdev(e):.1%}, "
+                f"rms {statistics.fmean(x * x for x in e) ** 0.5:.1%}, worst {max(e, key=abs):+.1%}"
+                for label, e in zip(("peak", "early"), errors, strict=True)
+            ]
             print(f"     every {every:2d}: " + " | ".join(cells))
 
 
