@@ -13,7 +13,7 @@ final and best test accuracy, the within-configuration tests and the beyond-vali
 with Holm's step-down adjustment over the family.
 
 **beyond_early_val**: does Tr(F) predict final test accuracy beyond the validation accuracy a
-pruner would have at the same time (the first epoch end at or after the read)? The within-
+pruner would have by then (the first epoch end at or after the end of the read's box)? The within-
 configuration partial correlation of the deviations of log Tr(F) and final test accuracy given the
 deviation of that validation accuracy (:mod:`analysis.within`). Within configurations the three
 vary only with the seed, over a small range where a linear control is adequate; across

@@ -4,8 +4,10 @@
 (with ``_stderr``, ``_epoch`` and ``_spacing`` columns beside them: the spacing is the largest gap
 in steps between the points a read interpolates, how densely it was sampled); ``raw_<name>`` are the same measures by the
 trainable's raw rules, compared with its logged summary (``logged_<name>``) in ``mismatch``.
-``val_accuracy_at_<read>`` is the validation accuracy at the first epoch end at or after the
-read's step, the practical baseline a pruner would have at that time.
+``val_accuracy_at_<read>`` is the validation accuracy at the first epoch end at or after the end
+of the read's box (its centre + window/2): the practical baseline a pruner would have once every
+point behind the read was logged. An earlier control would let Tr(F) see up to half a box more of
+the run than the validation accuracy it is tested against.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def _reads(curves: dict[str, pd.Series], epsilon: float, window: float) -> dict[
         row[f"{name}_stderr"] = read.stderr if read else math.nan
         row[f"{name}_epoch"] = read.epoch if read else math.nan
         row[f"{name}_spacing"] = read.spacing if read else math.nan
-        row[f"val_accuracy_at_{at}"], row[f"val_epoch_at_{at}"] = _val_after(val, epoch, read)
+        row[f"val_accuracy_at_{at}"], row[f"val_epoch_at_{at}"] = _val_after(val, epoch, read, window)
     row["reached_epsilon_step"] = early.step if early else math.nan
     row[names.FISHER_PEAK_STEP] = peak.step if peak else math.nan
     raw_early, raw_peak = early_fisher_trace(loss, fisher, epsilon), fisher_peak(fisher, epoch)
@@ -88,14 +90,17 @@ def _spectrum_reads(curves: dict[str, pd.Series], epsilon: float, window: float,
         OUTLIER_SHARE_AT_PEAK: smoothed_at(lam, epoch, peak.epoch, window) / peak.value if peak else math.nan,
     }
     row["val_accuracy_at_lambda_peak"], row["val_epoch_at_lambda_peak"] = _val_after(
-        curves.get(names.VAL_ACCURACY, EMPTY).dropna(), epoch, lam_peak
+        curves.get(names.VAL_ACCURACY, EMPTY).dropna(), epoch, lam_peak, window
     )
     return row
 
 
-def _val_after(val: pd.Series, epoch: pd.Series, read: Read | None) -> tuple[float, float]:
-    """(val accuracy, epoch) at the first epoch end at or after the read's step."""
-    after = val[val.index >= read.step] if read else EMPTY
+def _val_after(val: pd.Series, epoch: pd.Series, read: Read | None, window: float) -> tuple[float, float]:
+    """(val accuracy, epoch) at the first epoch end at or after the end of the read's box."""
+    if read is None:
+        return math.nan, math.nan
+    box_end = epoch[epoch >= read.epoch + window / 2 - 1e-9]
+    after = val[val.index >= box_end.index.min()] if not box_end.empty else EMPTY
     if after.empty:
         return math.nan, math.nan
     step = after.index[0]

@@ -8,7 +8,7 @@ linear control on log lr cannot do this: when accuracy saturates in lr the misfi
 replicas and leaks into both residuals (partial Pearson rejected a true null in 13.8 % of
 simulated studies; the issue "Honest inference").
 
-With ``controls`` (e.g. the validation accuracy at the read's epoch) r is the partial
+With ``controls`` (e.g. the validation accuracy once the read's box is logged) r is the partial
 correlation of the deviations given the controls' deviations.
 
 - **p**: Freedman–Lane permutation within configurations: the accuracy deviations' residuals on

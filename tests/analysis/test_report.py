@@ -120,9 +120,12 @@ def test_report_values_against_hand_computed_numbers(store: str, tmp_path: Path)
     assert row.loc["t2", "mismatch"] == "fisher_peak" and row.loc["t2", "logged_fisher_peak"] == 999.0
     assert row.loc["t0", "train.lr"] == pytest.approx(1e-3)
     assert {"seed", "final_test_accuracy", "best_test_accuracy", "final_val_accuracy", "outcome"} <= set(table.columns)
-    # the validation accuracy at the first epoch end (steps 20, 40) at or after the read's step
-    assert row.loc["t0", "val_accuracy_at_peak"] == pytest.approx(0.90 - 0.02 + 0.04)
-    assert row.loc["t0", "val_epoch_at_peak"] == 2.0
+    # the validation accuracy at the first epoch end (steps 20, 40) at or after the end of the
+    # read's 1-epoch box: early at 0.875 (box end 1.375) → epoch 2; the peak's box ends after the last one
+    assert row.loc["t0", "early_fisher_trace_epoch"] == 0.875
+    assert row.loc["t0", "val_accuracy_at_early"] == pytest.approx(0.90 - 0.02 + 0.04)
+    assert row.loc["t0", "val_epoch_at_early"] == 2.0
+    assert row.loc["t0", "fisher_peak_epoch"] > 1.5 and math.isnan(row.loc["t0", "val_accuracy_at_peak"])
 
     used = row.loc[[f"t{i}" for i in range(7)]]
     early = report["correlations"]["early_fisher_trace"]
