@@ -108,8 +108,8 @@ class _Norms:
     def fallback(self, path: str, grads: torch.Tensor, weights: torch.Tensor, label_set: int, examples: slice) -> None:
         self._add(path, examples, weights * torch.linalg.vector_norm(grads, dim=1).square())
 
-    def unreached(self, path: str, examples: slice) -> None:
-        self._add(path, examples, torch.zeros(examples.stop - examples.start))
+    def unreached(self, path: str, examples: slice, like: torch.Tensor) -> None:
+        self._add(path, examples, like.new_zeros(examples.stop - examples.start))
 
 
 def _per_layer_values(

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.layer_norms import as_conv2d
+from trainables.layer_norms import as_conv2d, weight_is_a_parameter
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,8 @@ class LinearFactors:
 
 def has_row_gradients(module: nn.Module) -> bool:
     """Whether :func:`rows` knows this module (else the passes send it to the exact fallback)."""
+    if not weight_is_a_parameter(module):
+        return False
     if type(module) in (nn.Linear, nn.Conv1d, nn.Conv2d):
         return True
     return type(module) in (nn.BatchNorm1d, nn.BatchNorm2d) and module.running_mean is not None  # type: ignore[union-attr]

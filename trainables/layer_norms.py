@@ -255,8 +255,20 @@ def batch_norm(module: nn.BatchNorm1d | nn.BatchNorm2d, a: torch.Tensor, delta: 
     return _result(out, single)
 
 
+def weight_is_a_parameter(module: nn.Module) -> bool:
+    """Whether the module's own parameters are its ``weight`` and ``bias``, as the built-in forms
+    assume; not so under the older ``torch.nn.utils.weight_norm`` and ``spectral_norm``, which
+    recompute ``weight`` from other parameters before each call."""
+    own = module._parameters
+    return set(own) <= {"weight", "bias"} and isinstance(own.get("weight"), nn.Parameter)
+
+
 def closed_form(module: nn.Module):  # type: ignore[no-untyped-def]
     """The closed-form norm function for ``module`` in eval mode, or ``None`` (use the fallback).
+
+    The built-in forms differentiate the module's own ``weight`` and ``bias`` parameters; a layer
+    whose weight is recomputed from other parameters before each call (the older
+    ``torch.nn.utils.weight_norm`` and ``spectral_norm``) has none and takes the fallback.
 
     A module class may supply its own as a method ``per_example_sq_grad_norms(a, delta)``: the
     (N,) squared norms of the gradients of its own parameters, from its first input ``a`` and δ
@@ -265,6 +277,8 @@ def closed_form(module: nn.Module):  # type: ignore[no-untyped-def]
     own = getattr(type(module), "per_example_sq_grad_norms", None)
     if own is not None:
         return own
+    if not weight_is_a_parameter(module):
+        return None
     if type(module) is nn.Linear:
         return linear
     if type(module) in (nn.Conv1d, nn.Conv2d):

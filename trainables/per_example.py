@@ -6,7 +6,10 @@ own); one backward to those outputs only is batched over the K label sets of eve
 (``is_grads_batched``: the K·N output gradients travel through one vmapped backward, in chunks
 that bound memory). Every other module with parameters, tied parameters and layers called twice
 go to an exact generic fallback (``torch.func`` vmap of grad, once per label set) for their own
-parameters. What is made of these — squared norms (Tr(F)), or the rows of a Gram matrix (the
+parameters. A hooked layer's closed form is used only where it holds for that forward
+(:func:`_closed_form_holds`); a layer reached other than through its own call, or applied to
+something other than the batch's examples along dim 0, goes to the fallback too, so an unusual
+model costs time, never exactness. What is made of these — squared norms (Tr(F)), or the rows of a Gram matrix (the
 spectrum) — is the :class:`Visitor`'s business. The model is evaluated in eval mode and restored
 to its previous mode; inputs are processed in chunks of ``chunk_size`` examples.
 
@@ -32,6 +35,9 @@ from trainables.layer_norms import closed_form
 
 BACKWARD_ELEMENTS = 1 << 25  # activation elements one batched backward may hold (≈128 MB in fp32)
 _COPY_TENSORS: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # layers followed by in-place ops
+_CHANNELS_LAST: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()  # forward accepts it
+_BATCH_CHECKED: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # models whose layers' batch dims are known
+_NOT_BATCH_FIRST: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # layers whose dim 0 is not the examples
 
 
 class UndefinedPerExampleGradient(ValueError):
@@ -56,8 +62,9 @@ class Visitor(Protocol):
     def fallback(self, path: str, grads: torch.Tensor, weights: torch.Tensor, label_set: int, examples: slice) -> None:
         """A fallback module: per-example gradients (M, P) of its parameters for one label set, weights (M,)."""
 
-    def unreached(self, path: str, examples: slice) -> None:
-        """A hooked layer whose output does not reach the logits: its gradient is zero."""
+    def unreached(self, path: str, examples: slice, like: torch.Tensor) -> None:
+        """A hooked layer whose output does not reach the logits: its gradient is zero (``like``:
+        a tensor of the passes' dtype and device)."""
 
 
 @contextlib.contextmanager
@@ -138,7 +145,9 @@ def top_and_rest(probs: torch.Tensor, top: int, u: torch.Tensor) -> tuple[torch.
 
 
 def uniforms(n: int, k: int, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.rand(n, k, dtype=torch.float64, generator=generator if generator is not None else torch.Generator())
+    """(n, k) float64 uniforms from ``generator``, or from torch's default CPU generator (which
+    ``torch.manual_seed`` seeds) when it is None: repeated calls then draw fresh labels."""
+    return torch.rand(n, k, dtype=torch.float64, generator=generator)
 
 
 def copying_layers(model: nn.Module) -> set[str]:
@@ -163,6 +172,7 @@ def run_passes(
     (the rest go to the fallback)."""
     refuse_batch_coupling(model)
     inputs = pass_layout(model, inputs)
+    find_layers_not_batch_first(model, inputs, hooked)
     with eval_mode(model), torch.enable_grad():
         for start in range(0, len(inputs), chunk_size):
             end = min(start + chunk_size, len(inputs))
@@ -177,13 +187,55 @@ def pass_layout(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     plain SGD step. But BatchNorm's backward and the residual adds around it were 3–7× slower
     channels-last (ResNet-20's Tr(F): 450 against 406 ms), so such models stay NCHW
     (benchmarks/README.md). The caller's tensor keeps its layout; values differ only in the order
-    of float sums.
+    of float sums. A model whose forward refuses a channels-last input (``x.view(len(x), -1)`` on
+    its activations) is found by one forward of one example, once per model, and keeps the
+    caller's layout.
     """
     if inputs.dim() != 4 or inputs.device.type != "cpu":
         return inputs
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return inputs
-    return inputs.contiguous(memory_format=torch.channels_last)
+    channels_last = inputs.contiguous(memory_format=torch.channels_last)
+    if model not in _CHANNELS_LAST:
+        try:
+            with torch.no_grad(), eval_mode(model):
+                model(channels_last[:1])
+            _CHANNELS_LAST[model] = True
+        except RuntimeError:  # not hidden: a fault of the model itself recurs in the passes' forward
+            _CHANNELS_LAST[model] = False
+    return channels_last if _CHANNELS_LAST[model] else inputs
+
+
+def find_layers_not_batch_first(model: nn.Module, inputs: torch.Tensor, hooked: Callable[[nn.Module], bool]) -> None:
+    """Once per model: which hooked layers see something other than the examples along dim 0.
+
+    The closed forms read dim 0 of a layer's input and output as the example. A sequence-first
+    layer ((T, N, d), e.g. ``nn.TransformerEncoderLayer(batch_first=False)``) breaks that silently
+    when T happens to equal the chunk's N; two small no-grad forwards, of 1 and 2 examples, find
+    every layer whose dim 0 does not follow the number of examples, and those take the fallback.
+    """
+    if model in _BATCH_CHECKED or len(inputs) < 2:
+        return
+    sizes: dict[nn.Module, set[tuple[int, int, int]]] = {}
+
+    def record(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        a = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        dims = (a.shape[0] if a is not None and a.dim() else -1, out.shape[0] if out.dim() else -1)
+        sizes.setdefault(module, set()).add((batch, *dims))
+
+    layers = [m for m in model.modules() if hooked(m)]
+    handles = [m.register_forward_hook(record) for m in layers]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            for batch in (1, 2):
+                model(inputs[:batch])
+    finally:
+        for handle in handles:
+            handle.remove()
+    for module, seen in sizes.items():
+        if any(a != batch or out != batch for batch, a, out in seen):
+            _NOT_BATCH_FIRST.add(module)
+    _BATCH_CHECKED.add(model)
 
 
 def refuse_batch_coupling(model: nn.Module) -> None:
@@ -241,10 +293,11 @@ def _chunk(
     if modified:
         _COPY_TENSORS.update(closed[path] for path in modified)
         return _chunk(model, x, targets, examples, visitor, hooked)
-    for path in [path for path, uses in captured.items() if len(uses) != 1]:  # called twice, or never
+    uses = _parameter_uses(logits)
+    for path in [path for path, calls in captured.items() if not _closed_form_holds(closed[path], calls, uses, len(x))]:
         module = closed.pop(path)
-        if captured[path]:
-            fallback[path] = module  # Σ over uses: the fallback differentiates the whole model
+        if any(uses.get(id(p), 0) for p in module.parameters(recurse=False)):
+            fallback[path] = module  # the fallback differentiates the whole model: every use counts
     probs = logits.detach().softmax(1)
     labels, weights = targets.labels_for(probs)
     layers = {p: (closed[p], captured[p][0][0], captured[p][0][1]) for p in closed}
@@ -289,15 +342,63 @@ def _closed_backward(
         sets = slice(first, first + len(y))
         for (path, (module, a, _)), delta in zip(layers.items(), deltas, strict=True):
             if delta is None:
-                visitor.unreached(path, examples)
+                visitor.unreached(path, examples, logits)
             else:
                 visitor.closed(path, module, a, delta, weights[sets], sets, examples)
+
+
+def _parameter_uses(root: torch.Tensor) -> dict[int, int]:
+    """Per leaf tensor id, the edges into its gradient accumulator in ``root``'s autograd graph:
+    how many times the forward used it (a tied parameter, or one used outside its module, counts
+    every use)."""
+    uses: dict[int, int] = {}
+    seen: set[torch.autograd.graph.Node] = set()
+    stack = [root.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if child is None:
+                continue
+            leaf = getattr(child, "variable", None)  # AccumulateGrad
+            if leaf is not None:
+                uses[id(leaf)] = uses.get(id(leaf), 0) + 1
+            else:
+                stack.append(child)
+    return uses
+
+
+def _closed_form_holds(
+    module: nn.Module,
+    calls: list[tuple[torch.Tensor, torch.Tensor, tuple[int, int] | None]],
+    uses: dict[int, int],
+    m: int,
+) -> bool:
+    """Whether a hooked layer's closed form gives its parameters' per-example gradients in this
+    forward: it ran once, on an input and to an output whose dim 0 is the chunk's ``m`` examples,
+    and its parameters enter the graph through that call only (or not at all: it is unreached).
+
+    Otherwise the fallback is exact where the closed form is not: a parameter also used outside
+    its layer's call (``F.linear(x, self.fc.weight)``, a decoder tied to an encoder's transposed
+    weight), a layer called twice or through ``module.forward`` (no hook runs), or applied to a
+    tensor shared by the batch (dim 0 of size 1) or sequence-first (T, N, d) with T ≠ N.
+    """
+    if len(calls) != 1:
+        return False
+    a, out, _ = calls[0]
+    if a.dim() == 0 or out.dim() == 0 or a.shape[0] != m or out.shape[0] != m:
+        return False
+    counts = {uses.get(id(p), 0) for p in module.parameters(recurse=False) if p.requires_grad}
+    return counts in ({1}, {0})
 
 
 def _partition(
     model: nn.Module, hooked: Callable[[nn.Module], bool]
 ) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
-    """Modules owning trainable parameters: hooked where ``hooked`` says so and untied, else the fallback."""
+    """Modules owning trainable parameters: hooked where ``hooked`` says so, untied and batch-first,
+    else the fallback."""
     owners: dict[int, int] = {}
     for module in model.modules():
         for p in module.parameters(recurse=False):
@@ -309,7 +410,7 @@ def _partition(
         if not own:
             continue
         tied = any(owners[id(p)] > 1 for p in module.parameters(recurse=False))
-        target = closed if hooked(module) and not tied else fallback
+        target = closed if hooked(module) and not tied and module not in _NOT_BATCH_FIRST else fallback
         target[path] = module
     return closed, fallback
 

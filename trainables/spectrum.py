@@ -89,7 +89,7 @@ class _GramRows:
         scaled = grads * (weights / self.n).sqrt().unsqueeze(1)
         self.instantiated.setdefault(path, []).append((slice(label_set, label_set + 1), examples, scaled.unsqueeze(0)))
 
-    def unreached(self, path: str, examples: slice) -> None:
+    def unreached(self, path: str, examples: slice, like: torch.Tensor) -> None:
         return None  # a zero gradient adds nothing to the Gram
 
     def gram(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -114,6 +114,61 @@ class Sequence(nn.Module):
         return self.head(torch.tanh(self.twice(torch.tanh(self.twice(h)))).flatten(1))
 
 
+class Reused(nn.Module):
+    """Parameters reached other than through their module's one hooked call: ``fc`` through
+    ``F.linear`` and again through ``fc.forward`` (no hook runs), a decoder tied to ``enc``'s
+    transposed weight, and ``shared`` applied to a code shared by the batch (dim 0 of size 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(6, 4)
+        self.fc = nn.Linear(6, 6)
+        self.code = nn.Parameter(torch.randn(1, 3))
+        self.shared = nn.Linear(3, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(F.linear(x, self.fc.weight, self.fc.bias)) + torch.tanh(self.fc.forward(x))
+        h = torch.tanh(F.linear(torch.tanh(self.enc(h)), self.enc.weight.t())) + self.shared(self.code)
+        return self.head(h)
+
+
+def reparametrised_net() -> nn.Module:
+    """The older weight_norm and spectral_norm: a Linear whose ``weight`` is no parameter."""
+    net = nn.Sequential(
+        nn.utils.weight_norm(nn.Linear(6, 8)), nn.Tanh(), nn.utils.spectral_norm(nn.Linear(8, 8)), nn.Linear(8, 3)
+    )
+    with torch.no_grad():
+        net[0].weight_g.mul_(3.0)  # away from g = ‖v‖, where ‖∂/∂weight‖ happens to be right
+    return net
+
+
+class SequenceFirst(nn.Module):
+    """Linear layers on (T, N, d) activations, as ``batch_first=False`` transformers run them;
+    with T = 5, a chunk of 5 examples has T = N."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = nn.Linear(2, 4)
+        self.head = nn.Linear(5 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.mix(x.transpose(0, 1)))  # (T, N, 4)
+        return self.head(h.transpose(0, 1).reshape(len(x), -1))
+
+
+class ViewFlatten(nn.Module):
+    """``x.view(len(x), -1)`` after a convolution: refuses a channels-last activation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.head = nn.Linear(3 * 6 * 6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).view(len(x), -1))
+
+
 CASES = {
     "conv2d_bn_residual_inplace": (conv2d_net, (3, 16, 16), 10),
     "conv1d_bn_dilated_grouped": (Conv1dNet, (2, 16), 5),
@@ -122,6 +177,10 @@ CASES = {
     "frozen": (frozen_net, (12,), 3),
     "sequence_ghost": (lambda: Sequence(3, 5), (3, 5), 3),
     "sequence_instantiated": (lambda: Sequence(10, 2), (10, 2), 3),
+    "reused_outside_their_call": (Reused, (6,), 3),
+    "weight_and_spectral_norm": (reparametrised_net, (6,), 3),
+    "sequence_first": (SequenceFirst, (5, 2), 3),
+    "view_after_conv": (ViewFlatten, (2, 6, 6), 4),
 }
 
 
@@ -150,7 +209,7 @@ class _Routes:
     def fallback(self, path, grads, weights, label_set, examples):  # type: ignore[no-untyped-def]
         self.by_fallback.add(path)
 
-    def unreached(self, path, examples):  # type: ignore[no-untyped-def]
+    def unreached(self, path, examples, like):  # type: ignore[no-untyped-def]
         self.by_closed_form.add(path)
 
 

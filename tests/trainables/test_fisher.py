@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from trainables import fisher as fisher_module
 from trainables import per_example
 from trainables.fisher import (
     UndefinedPerExampleGradient,
@@ -39,9 +40,13 @@ def test_images_go_through_the_passes_channels_last_on_the_cpu() -> None:
     )
     try:
         got = per_example_sq_grad_norms(model, x, y)
+        first_call = len(layouts)
+        per_example_sq_grad_norms(model, x, y)
     finally:
         handle.remove()
-    assert layouts == [True] and x.is_contiguous()  # the caller's tensor keeps its layout
+    # the first call also probes, once per model, the layout (1 forward) and the batch dims (2)
+    assert all(layouts) and first_call == 4 and len(layouts) == 5
+    assert x.is_contiguous()  # the caller's tensor keeps its layout
     torch.testing.assert_close(got, reference_norms(model, x, y), rtol=1e-6, atol=0)
     signals = torch.randn(3, 2, 16)
     assert per_example.pass_layout(model, signals) is signals
@@ -265,6 +270,21 @@ def test_a_layer_whose_output_does_not_reach_the_loss_has_zero_gradient() -> Non
     torch.testing.assert_close(per_example_sq_grad_norms(model, x, y), reference_norms(model, x, y), rtol=1e-9, atol=0)
     est = fisher_trace(model, x, labels="exact", per_layer=True)
     assert est.per_layer["aux"] == 0.0
+    # the unreached layer's zeros take the passes' dtype (and device), not float32 on the CPU
+    norms = fisher_module._per_layer_values(model, x, per_example.Targets("exact"), 256)
+    assert {v.dtype for v in norms.values()} == {torch.float64}
+
+
+def test_without_a_generator_labels_come_from_torch_default_generator() -> None:
+    """Not a fresh fixed-seed generator per call: repeated calls draw fresh labels, and
+    torch.manual_seed makes them reproducible."""
+    model, x, _ = build("frozen", 64)
+    draws = {fisher_trace(model, x).mean for _ in range(3)}
+    assert len(draws) == 3
+    torch.manual_seed(11)
+    first = sample_labels(model, x)
+    torch.manual_seed(11)
+    assert torch.equal(first, sample_labels(model, x))
 
 
 @pytest.mark.parametrize("affine", [True, False])
