@@ -12,6 +12,13 @@ secondary.
 final and best test accuracy, the within-configuration tests and the beyond-validation tests —
 with Holm's step-down adjustment over the family.
 
+**Incomplete configurations**: a configuration's mean is over the seeds that completed with a
+value; where others diverged, failed or never crossed ε, the mean is the survivors', which can
+flatter a configuration that mostly collapsed. Every correlation block counts them
+(``n_configurations_incomplete``), and the primary test is repeated over the complete
+configurations only (``primary.complete_only``) whenever one is incomplete: a sensitivity check,
+not a second primary test.
+
 **beyond_early_val**: does Tr(F) predict final test accuracy beyond the validation accuracy a
 pruner would have by then (the first epoch end at or after the end of the read's box)? The within-
 configuration partial correlation of the deviations of log Tr(F) and final test accuracy given the
@@ -47,19 +54,61 @@ PRIMARY_TEST = "across-configuration Spearman ρ with final test accuracy (permu
 TARGETS = {"correlations": names.FINAL_TEST_ACCURACY, "correlations_best": names.BEST_TEST_ACCURACY}
 
 
-def inference(used: pd.DataFrame) -> dict[str, Any]:
-    """The report's correlations, within_configuration, beyond_early_val, primary and family keys."""
+def inference(used: pd.DataFrame, ran: pd.Series) -> dict[str, Any]:
+    """The report's correlations, within_configuration, beyond_early_val, primary and family keys.
+
+    ``used``: the completed trials; ``ran``: the number of trials of each configuration id in the
+    whole study, whatever their outcome."""
     groups = used["configuration"].to_numpy(int)
     final = used[names.FINAL_TEST_ACCURACY].to_numpy(float)
     measures = [*MEASURES, *(m for m in SPECTRUM_MEASURES if m in used and used[m].notna().any())]
-    out: dict[str, Any] = {
-        key: {m: correlations(used[m].to_numpy(float), used[target].to_numpy(float), groups) for m in measures}
-        for key, target in TARGETS.items()
-    }
+    out: dict[str, Any] = {key: {} for key in TARGETS}
+    for key, target in TARGETS.items():
+        for m in measures:
+            block = correlations(used[m].to_numpy(float), used[target].to_numpy(float), groups)
+            complete = complete_rows(used, m, target, ran)
+            block["n_configurations_incomplete"] = int(
+                used.loc[_has_values(used, m, target) & ~complete, "configuration"].nunique()
+            )
+            out[key][m] = block
     out["within_configuration"] = {m: association(used[m].to_numpy(float), final, groups) for m in measures}
     out["beyond_early_val"] = {m: beyond_early_val(used, m, groups) for m in measures}
     out["primary"] = primary(out["correlations"])
+    if out["correlations"].get(PRIMARY_MEASURE, {}).get("n_configurations_incomplete"):
+        out["primary"]["complete_only"] = complete_only(used, ran)
     out["family"] = family(out)
+    return out
+
+
+def _has_values(used: pd.DataFrame, measure: str, target: str) -> pd.Series:
+    """Rows with a positive measure and a target: the rows a correlation block uses."""
+    return (used[measure] > 0) & np.isfinite(used[measure]) & np.isfinite(used[target])
+
+
+def complete_rows(used: pd.DataFrame, measure: str, target: str, ran: pd.Series) -> pd.Series:
+    """Per row, whether its configuration has every trial it ran in the block (completed, with
+    the measure and the target)."""
+    kept = _has_values(used, measure, target).groupby(used["configuration"]).sum()
+    complete = kept >= ran.reindex(kept.index)
+    return used["configuration"].map(complete).fillna(False).astype(bool)
+
+
+def complete_only(used: pd.DataFrame, ran: pd.Series) -> dict[str, Any]:
+    """The primary test over the configurations that lost no trial: estimate, p, ci95, n_configurations."""
+    target = TARGETS["correlations"]
+    rows = used[complete_rows(used, PRIMARY_MEASURE, target, ran)]
+    block = correlations(
+        rows[PRIMARY_MEASURE].to_numpy(float), rows[target].to_numpy(float), rows["configuration"].to_numpy(int)
+    )
+    test = block.get(PRIMARY_METHOD)
+    out: dict[str, Any] = {
+        "estimate": test["r"] if test else None,
+        "p": test["p"] if test else None,
+        "ci95": test["ci95"] if test else [None, None],
+        "n_configurations": block["n_configurations"],
+    }
+    if not test:
+        out["message"] = "fewer than 3 complete configurations with distinct values"
     return out
 
 

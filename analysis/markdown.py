@@ -42,6 +42,32 @@ def primary_line(report: dict[str, Any]) -> str:
     )
 
 
+def incomplete_line(report: dict[str, Any]) -> str:
+    """Where configurations lost seeds: how many, why, and the primary test without them."""
+    block = report.get("correlations", {}).get(report.get("primary", {}).get("measure"), {})
+    k = block.get("n_configurations_incomplete", 0)
+    if not k:
+        return ""
+    reasons: dict[str, int] = {}
+    for row in report.get("incomplete_configurations", []):
+        for reason, n in row["lost"].items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    lost = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(reasons.items()))
+    complete = report["primary"].get("complete_only", {})
+    if complete.get("estimate") is None:
+        without = complete.get("message", "no test")
+    else:
+        without = (
+            f"ρ = {_fmt(complete['estimate'])} {_ci(complete['ci95'])}, p = {_fmt(complete['p'])}, "
+            f"n = {complete['n_configurations']} configurations"
+        )
+    return (
+        f"{k} of the {block['n_configurations']} configurations rest on fewer seeds than they ran "
+        f"(trials lost: {lost}); their means are the survivors'. Over the complete configurations "
+        f"only (a sensitivity check): {without}."
+    )
+
+
 def headline(report: dict[str, Any]) -> str:
     """The primary test, then the across-configuration correlation table (printed by the CLI)."""
     lines = [
@@ -122,6 +148,7 @@ def markdown(report: dict[str, Any], images: list[str]) -> str:
     parts = [
         f"# Study {report['study']}: early Fisher vs test accuracy\n",
         primary_line(report) + "\n",
+        *([line + "\n"] if (line := incomplete_line(report)) else []),
         f"{report['n_trials']} trials, {report['n_used']} completed and used; excluded: "
         + ", ".join(f"{k} {v}" for k, v in report["excluded"].items())
         + f". ε = {report['epsilon']:g}; {len(report['not_crossed'])} completed trial(s) never reached it "

@@ -55,7 +55,7 @@ def build_report(
         "smoothing": {"window_epochs": window, "grid_epochs": GRID_EPOCHS},
         "n_trials": len(table),
         "n_used": len(used),
-        "excluded": {reason: int((table["outcome"] == reason).sum()) for reason in EXCLUDED},
+        "excluded": excluded(table),
         "not_crossed": [str(t) for t in used.loc[used[names.EARLY_FISHER_TRACE].isna(), "trial_id"]],
         "read_spacing": read_spacing(used),
         "accuracy": {
@@ -68,11 +68,40 @@ def build_report(
         report["correlations"] = {}
         report["primary"] = primary({})
         return report
-    report.update(inference(used))
+    ran = table.groupby("configuration").size()
+    report.update(inference(used, ran))
     keys = configuration_keys(study.searched)
+    report["incomplete_configurations"] = incomplete_configurations(table, keys)
     report["aggregates"] = aggregates(used, keys)
     report["importances"] = importances(used, keys)
     return report
+
+
+def excluded(table: pd.DataFrame) -> dict[str, int]:
+    """Trials not used, by outcome: diverged, failed and early-stopped always, and any other
+    outcome that is not ``completed`` (e.g. a run still ``running``), so that every trial is
+    either used or counted here."""
+    counts = {reason: 0 for reason in EXCLUDED}
+    for outcome, n in table.loc[table["outcome"] != names.COMPLETED, "outcome"].value_counts().items():
+        counts[str(outcome)] = int(n)
+    return counts
+
+
+def incomplete_configurations(table: pd.DataFrame, keys: list[str]) -> list[dict[str, Any]]:
+    """The configurations whose means rest on fewer trials than they ran: their searched
+    ``values``, ``trials`` run, ``completed``, and the ``lost`` ones by outcome (``not_crossed``:
+    completed but never below ε, so missing from the early read only)."""
+    out = []
+    for _, group in table.groupby("configuration", sort=True):
+        lost = group.loc[group["outcome"] != names.COMPLETED, "outcome"].value_counts()
+        completed = group[group["outcome"] == names.COMPLETED]
+        not_crossed = int(completed[names.EARLY_FISHER_TRACE].isna().sum())
+        if lost.empty and not not_crossed:
+            continue
+        reasons = {str(k): int(v) for k, v in lost.items()} | ({"not_crossed": not_crossed} if not_crossed else {})
+        values = {k: group[k].iloc[0] for k in keys}
+        out.append({"values": values, "trials": len(group), "completed": len(completed), "lost": reasons})
+    return out
 
 
 def read_spacing(used: pd.DataFrame) -> dict[str, dict[str, int | None]]:

@@ -76,13 +76,13 @@ def test_lambda_max_is_read_with_the_same_smoothing_and_crossing_as_tr_f() -> No
 def test_without_the_spectrum_there_are_no_spectrum_columns_or_tests() -> None:
     table = trials_table(study(spectrum=False), epsilon=0.6, epoch_k=1.0)
     assert LAMBDA_MAX_PEAK not in table
-    out = inference(table)
+    out = inference(table, table.groupby("configuration").size())
     assert set(out["correlations"]) == {names.EARLY_FISHER_TRACE, names.FISHER_PEAK}
 
 
 def test_spectrum_measures_join_the_exploratory_family_not_the_primary() -> None:
     table = trials_table(study(spectrum=True), epsilon=0.6, epoch_k=1.0)
-    out = inference(table)
+    out = inference(table, table.groupby("configuration").size())
     assert set(out["correlations"]) == {names.EARLY_FISHER_TRACE, names.FISHER_PEAK, EARLY_LAMBDA_MAX, LAMBDA_MAX_PEAK}
     assert out["primary"]["measure"] == names.EARLY_FISHER_TRACE
     family = {t["name"] for t in out["family"]}
