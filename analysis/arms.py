@@ -3,9 +3,12 @@
 An **arm** is one penalty kind at one learning rate. Where a study searched ``penalty.coef``, its
 arm is the coefficient with the best mean validation accuracy over its seeds (the paper picks
 the coefficient on validation; ties go to the smaller coefficient), and the arm records how many
-were tried; otherwise every configuration of the study is its own arm. The arm's seeds are the
-replicates: arms are compared by Welch's t on final test accuracy over their seeds, with
-Holm's adjustment over every comparison of the table.
+were tried; otherwise every configuration of the study is its own arm. A coefficient that lost a
+seed (diverged, failed, stopped) is chosen only where every coefficient lost one: its mean is
+its survivors', and a coefficient that collapses on some seeds is not the one to pick, however
+well the others did. The arm's seeds are the replicates: arms are compared by Welch's t on final
+test accuracy over their seeds, with Holm's adjustment over every comparison of the table, and
+their Tr(F) peaks by the ratio of geometric means with a Welch interval on log peaks.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ class Arm:
     kind: str
     lr: float
     coef: float | None  # the chosen coefficient (None: no penalty)
-    tried: pd.DataFrame  # one row per coefficient tried: coef, n and the means and stds of the columns
+    tried: pd.DataFrame  # one row per coefficient tried: coef, n, lost and the means and stds of the columns
     runs: pd.DataFrame  # the completed trials of the chosen configuration
 
     @property
@@ -42,29 +45,37 @@ class Arm:
 
 
 def study_arms(table: pd.DataFrame, searched: list[str], params: dict[str, str]) -> list[Arm]:
-    """The arms of one study's trials table (completed trials only are used)."""
-    used = table[table["outcome"] == names.COMPLETED]
+    """The arms of one study's trials table: statistics over completed trials, the choice of
+    coefficient also over the lost ones (a learning rate with none completed has no arm)."""
     kind = params.get("penalty.kind", "none")
     keys = [k for k in configuration_keys(searched) if k != COEF]
-    groups = used.groupby(keys, dropna=False) if keys else [((), used)]
+    groups = table.groupby(keys, dropna=False) if keys else [((), table)]
     arms = []
-    for _, group in groups:
+    for _, every in groups:
+        group = every[every["outcome"] == names.COMPLETED]
+        if group.empty:
+            continue
         lr = float(group[LR].iloc[0]) if LR in group else float(params[LR])
         coef = float(params.get(COEF, 0.0))
-        tried = _tried(group) if COEF in group else pd.DataFrame()
+        tried = _tried(every) if COEF in group else pd.DataFrame()
         runs = group
         if not tried.empty:
-            best = tried.sort_values(["val_mean", COEF], ascending=[False, True]).iloc[0]
+            ranked = tried.assign(lost_any=tried["lost"] > 0)
+            best = ranked.sort_values(["lost_any", "val_mean", COEF], ascending=[True, False, True]).iloc[0]
             coef, runs = float(best[COEF]), group[group[COEF] == best[COEF]]
         label = f"{KINDS.get(kind, kind)}, lr {lr:g}"
         arms.append(Arm(label, kind, lr, coef if kind != "none" else None, tried, runs))
     return arms
 
 
-def _tried(group: pd.DataFrame) -> pd.DataFrame:
+def _tried(every: pd.DataFrame) -> pd.DataFrame:
+    """Per coefficient: completed seeds ``n``, ``lost`` ones (any other outcome) and the means and
+    stds over the completed (a coefficient with none completed has NaN means and ranks last)."""
     rows = []
-    for coef, runs in group.groupby(COEF):
-        rows.append({COEF: float(coef), "n": len(runs), **_summary(runs)})  # type: ignore[arg-type]
+    for coef, trials in every.groupby(COEF):
+        runs = trials[trials["outcome"] == names.COMPLETED]
+        row = {COEF: float(coef), "n": len(runs), "lost": len(trials) - len(runs), **_summary(runs)}  # type: ignore[arg-type]
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -104,7 +115,8 @@ def arms_table(arms: list[Arm]) -> list[dict[str, Any]]:
 def comparisons(arms: list[Arm]) -> list[dict[str, Any]]:
     """Every penalised arm against every unpenalised one, and each pair of unpenalised arms
     (larger lr first): the difference of mean final test accuracy in points, its Welch 95 %
-    interval and p, Holm-adjusted over the table, and the ratio of mean Tr(F) peaks."""
+    interval and p, Holm-adjusted over the table, and the ratio of mean Tr(F) peaks with the
+    interval of the ratio of their geometric means."""
     plain = sorted((a for a in arms if not a.penalised), key=lambda a: -a.lr)
     pairs = [(p, b) for p in arms if p.penalised for b in plain]
     pairs += [(a, b) for i, a in enumerate(plain) for b in plain[i + 1 :]]
@@ -123,6 +135,7 @@ def _welch(a: Arm, b: Arm) -> dict[str, Any]:
     row["ci95_points"] = None
     peaks = a.runs[PEAK].astype(float).mean(), b.runs[PEAK].astype(float).mean()
     row["peak_ratio"] = _finite(peaks[0] / peaks[1]) if peaks[1] else None
+    row["peak_ratio_ci95"] = _log_ratio_interval(a.runs[PEAK], b.runs[PEAK])
     if min(len(x), len(y)) < 2:
         row["note"] = "fewer than two seeds in an arm"
     elif np.ptp(x) == 0 or np.ptp(y) == 0:
@@ -132,6 +145,17 @@ def _welch(a: Arm, b: Arm) -> dict[str, Any]:
         low, high = result.confidence_interval(0.95)
         row.update(p=float(result.pvalue), ci95_points=[100 * float(low), 100 * float(high)])
     return row
+
+
+def _log_ratio_interval(a: pd.Series, b: pd.Series) -> list[float] | None:
+    """95 % Welch interval of the ratio of geometric mean Tr(F) peaks (exp of the interval of
+    the difference of mean log peaks): how far apart two arms' peaks can be, given their seeds.
+    None with fewer than two positive peaks in an arm or no spread."""
+    x, y = (np.log(v[v > 0]) for v in (a.astype(float).dropna(), b.astype(float).dropna()))
+    if min(len(x), len(y)) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    low, high = stats.ttest_ind(x, y, equal_var=False).confidence_interval(0.95)
+    return [math.exp(float(low)), math.exp(float(high))]
 
 
 def _t_interval(values: np.ndarray) -> list[float] | None:

@@ -97,13 +97,17 @@ def _pm(row: Any, short: str, fmt: str) -> str:
     return _f(mean, fmt) if std is None or pd.isna(std) else f"{_f(mean, fmt)} ± {_f(std, fmt)}"
 
 
+def _ratio_interval(ci: list[float] | None) -> str:
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "[—, —]"
+
+
 def markdown(result: dict[str, Any], tried: pd.DataFrame) -> str:
     lines = [
         f"# Comparison of {', '.join(result['studies'])}\n",
         "The unit is the run: each arm is one configuration, its seeds the replicates. A penalised "
-        "arm's coefficient was chosen on mean validation accuracy among the values tried, which "
-        "favours it a little; the arms share their seeds, so these independent-sample (Welch) "
-        "intervals are conservative.\n",
+        "arm's coefficient was chosen on mean validation accuracy among the values tried that lost "
+        "no seed (a diverged one is chosen only if every value lost one), which favours it a little; "
+        "the arms share their seeds, so these independent-sample (Welch) intervals are conservative.\n",
         "| arm | α (chosen on val) | α tried | n | val accuracy | final test accuracy [95 % t CI] "
         "| best test accuracy | Tr(F) peak |",
         "|---|---|---|---|---|---|---|---|",
@@ -120,7 +124,7 @@ def markdown(result: dict[str, Any], tried: pd.DataFrame) -> str:
         )
     lines += [
         f"\nFinal test accuracy, differences in points (Holm over the {len(result['comparisons'])} comparisons):\n",
-        "| comparison | difference [95 % Welch CI] | Welch p | Holm p | Tr(F) peak ratio |",
+        "| comparison | difference [95 % Welch CI] | Welch p | Holm p | Tr(F) peak ratio [95 % CI, geometric] |",
         "|---|---|---|---|---|",
     ]
     notes = []
@@ -131,18 +135,19 @@ def markdown(result: dict[str, Any], tried: pd.DataFrame) -> str:
             notes.append(f"{row['a']} − {row['b']}: {row['note']}.")
         lines.append(
             f"| {row['a']} − {row['b']} | {_f(row['difference_points'], '+.2f')} pts {interval} "
-            f"| {_f(row['p'], '.2g')} | {_f(row['p_holm'], '.2g')} | {_f(row['peak_ratio'], '.2f')} |"
+            f"| {_f(row['p'], '.2g')} | {_f(row['p_holm'], '.2g')} | {_f(row['peak_ratio'], '.2f')} "
+            f"{_ratio_interval(row['peak_ratio_ci95'])} |"
         )
     lines += [f"\n{note}" for note in notes]
     if not tried.empty:
         lines += [
             "\nEvery coefficient tried (mean ± std over seeds):\n",
-            "| arm | α | n | val accuracy | final test accuracy | Tr(F) peak |",
-            "|---|---|---|---|---|---|",
+            "| arm | α | n | lost | val accuracy | final test accuracy | Tr(F) peak |",
+            "|---|---|---|---|---|---|---|",
         ]
         for _, row in tried.iterrows():
             lines.append(
-                f"| {row['arm']} | {row[COEF]:.3g} | {row['n']} | {_pm(row, 'val', '.4f')} "
+                f"| {row['arm']} | {row[COEF]:.3g} | {row['n']} | {row['lost']} | {_pm(row, 'val', '.4f')} "
                 f"| {_pm(row, 'test', '.4f')} | {_pm(row, 'peak', '.3g')} |"
             )
     return "\n".join(lines) + "\n"

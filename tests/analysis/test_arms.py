@@ -110,3 +110,31 @@ def test_an_arm_without_spread_gets_a_note_not_a_number() -> None:
     assert rows[0]["difference_points"] == pytest.approx(100 * (0.75 - 0.92))
     assert rows[2]["p_holm"] == pytest.approx(holm([rows[2]["p"]])[0])  # Holm over the tested ones only
     assert arms_table([fp])[0]["test_ci95"] is None
+
+
+def test_a_coefficient_that_lost_seeds_is_not_chosen_over_one_that_lost_none() -> None:
+    """α = 0.1's one survivor has the best validation accuracy, but its other seeds diverged."""
+    table = penalty_study({0.01: (0.91, 0.90), 0.1: (0.95, 0.93)})
+    lost = (table["penalty.coef"] == 0.1) & (table["train.seed"] < 2)
+    table.loc[lost, "outcome"] = names.DIVERGED
+    (arm,) = study_arms(table, ["penalty.coef", "train.seed"], PARAMS)
+    assert arm.coef == 0.01 and len(arm.runs) == 3
+    tried = arm.tried.set_index("penalty.coef")
+    assert tried.loc[0.1, "n"] == 1 and tried.loc[0.1, "lost"] == 2 and tried.loc[0.01, "lost"] == 0
+    table.loc[(table["penalty.coef"] == 0.01) & (table["train.seed"] == 0), "outcome"] = names.FAILED
+    (arm,) = study_arms(table, ["penalty.coef", "train.seed"], PARAMS)
+    assert arm.coef == 0.1  # every coefficient lost a seed: validation decides again
+
+
+def test_the_peak_ratio_has_a_welch_interval_on_log_peaks() -> None:
+    penalised = study_arms(penalty_study({0.01: (0.85, 0.90)}), ["penalty.coef", "train.seed"], PARAMS)
+    plain = study_arms(baseline_study(), ["train.lr", "train.seed"], {"penalty.kind": "none"})
+    row = next(r for r in comparisons([*penalised, *plain]) if r["b"] == "no penalty, lr 0.004")
+    peaks_a, peaks_b = np.log([50.0, 51.0, 52.0]), np.log([200.0] * 3)
+    assert row["peak_ratio_ci95"] is None  # the baseline arm's peaks have no spread
+    next(a for a in plain if a.lr == 0.004).runs.loc[:, names.FISHER_PEAK] = [190.0, 200.0, 215.0]
+    row = next(r for r in comparisons([*penalised, *plain]) if r["b"] == "no penalty, lr 0.004")
+    peaks_b = np.log([190.0, 200.0, 215.0])
+    low, high = stats.ttest_ind(peaks_a, peaks_b, equal_var=False).confidence_interval(0.95)
+    assert row["peak_ratio_ci95"] == pytest.approx([np.exp(low), np.exp(high)])
+    assert row["peak_ratio_ci95"][0] < row["peak_ratio"] < row["peak_ratio_ci95"][1]
