@@ -165,7 +165,7 @@ def markdown(report: dict[str, Any], images: list[str]) -> str:
             headline(report).split("\n", 2)[2] + "\n",
             "Beyond the hyperparameters: correlation of the replicas' deviations from their "
             "configuration's mean (log Tr(F) vs final test accuracy), and the same given the deviation "
-            "of the validation accuracy at the first epoch end after the read's box (jackknife 95 % CI over configurations; "
+            "of the validation accuracy at the first epoch end after the read's box (95 % CI: jackknife over configurations joined with Fisher z; "
             "permutation p within configurations):\n",
             "\n".join(_beyond_table(report)) + "\n",
             "| test | p | p (Holm) |",

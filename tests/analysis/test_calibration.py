@@ -11,6 +11,7 @@ harness itself is checked by the partial correlation on log lr, which it must fl
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import stats
 
 from analysis.stats import correlations
@@ -74,13 +75,15 @@ def test_within_configuration_test_has_power_at_a_stated_effect() -> None:
     assert rejection_rate(p) >= 0.8, rejection_rate(p)
 
 
-def test_within_configuration_interval_covers() -> None:
+@pytest.mark.parametrize("within_r", [0.0, -0.5, -0.8])
+def test_within_configuration_interval_covers(within_r: float) -> None:
+    """At least 95 % (the jackknife alone: 92.4–93.4 % here), not wildly conservative."""
     rng = np.random.default_rng(16)
     covered = []
     for i in range(STUDIES):
-        ci = association(*study(rng, within_r=-0.5)[:3], resamples=1, seed=i)["ci95"]
-        covered.append(ci[0] <= -0.5 <= ci[1])
-    assert 0.88 <= np.mean(covered) <= 0.99, np.mean(covered)
+        ci = association(*study(rng, within_r=within_r)[:3], resamples=1, seed=i)["ci95"]
+        covered.append(ci[0] <= within_r <= ci[1])
+    assert 0.95 <= np.mean(covered) <= 0.995, np.mean(covered)
 
 
 def test_beyond_validation_test_holds_its_level() -> None:
