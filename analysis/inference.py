@@ -146,6 +146,8 @@ def primary(blocks: dict[str, Any]) -> dict[str, Any]:
     }
     if not test:
         out["message"] = "fewer than 3 configurations with an early Tr(F) and distinct values: no primary test"
+    elif out["ci95"][0] is None:
+        out["message"] = "no 95 % interval with fewer than 4 configurations (Fisher z needs m − 3 > 0)"
     return out
 
 

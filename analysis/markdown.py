@@ -35,10 +35,11 @@ def primary_line(report: dict[str, Any]) -> str:
     test = report.get("primary", {})
     if test.get("estimate") is None:
         return f"**Primary test** (pre-specified): {test.get('message', 'not available')}."
+    note = f" ({test['message']})" if test.get("message") else ""
     return (
         f"**Primary test** (pre-specified): {test['measure']}, {test['test']}: "
         f"ρ = {_fmt(test['estimate'])} {_ci(test['ci95'])}, p = {_fmt(test['p'])}, "
-        f"n = {test['n_configurations']} configurations ({test['n']} trials)."
+        f"n = {test['n_configurations']} configurations ({test['n']} trials){note}."
     )
 
 

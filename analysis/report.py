@@ -65,8 +65,8 @@ def build_report(
     }
     if len(used) < MIN_TRIALS:
         report["message"] = f"only {len(used)} completed trial(s); at least {MIN_TRIALS} are needed for correlations"
-        report["correlations"] = {}
-        report["primary"] = primary({})
+        report.update(correlations={}, correlations_best={}, within_configuration={}, beyond_early_val={})
+        report.update(primary=primary({}), family=[])
         return report
     ran = table.groupby("configuration").size()
     report.update(inference(used, ran))

@@ -75,8 +75,8 @@ def association(
     resamples: int = PERMUTATIONS,
     seed: int = SEED,
 ) -> dict[str, Any]:
-    """``{"r", "p", "ci95", "n_trials", "n_configurations"}`` over the replicated configurations,
-    or those counts and a ``message`` when no configuration has ≥ 2 usable replicas.
+    """``{"r", "p", "ci95", "n_trials", "n_configurations"}`` over the replicated configurations;
+    where no configuration has ≥ 2 usable replicas, r, p and ci95 are None and a ``message`` says why.
 
     ``measure`` (Tr(F), > 0; its log is used), ``accuracy`` and ``groups`` are (N,);
     ``controls`` is (N,) or (N, q)."""
@@ -88,7 +88,7 @@ def association(
     keep[keep] &= _replicated(groups[keep])
     data, groups = data[keep], np.unique(groups[keep], return_inverse=True)[1]
     n, m = len(data), int(groups.max()) + 1 if len(groups) else 0
-    block: dict[str, Any] = {"n_trials": n, "n_configurations": m}
+    block: dict[str, Any] = {"r": None, "p": None, "ci95": [None, None], "n_trials": n, "n_configurations": m}
     if m == 0:
         block["message"] = (
             "no configuration has 2 or more replicas with every value needed; run seed replicas (train.seed)"

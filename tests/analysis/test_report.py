@@ -194,6 +194,9 @@ def test_fewer_than_three_usable_trials_gives_a_message_and_no_numbers(tmp_path:
     client.log_param(run.info.run_id, "train.lr", "0.1")
     report = analyze(uri, "tiny", tmp_path / "out")
     assert report["correlations"] == {} and "at least 3" in report["message"]
+    # design §6's keys are there, empty, rather than missing
+    assert report["correlations_best"] == report["within_configuration"] == report["beyond_early_val"] == {}
+    assert report["family"] == [] and report["primary"]["estimate"] is None
 
 
 def test_cli_analyze_prints_the_headline_and_refuses_unknown_studies(
@@ -262,6 +265,8 @@ def test_replicas_give_within_configuration_and_beyond_validation_blocks(tmp_pat
     block = report["correlations"]["fisher_peak"]
     assert block["n"] == 9 and block["n_configurations"] == 3
     assert "ci95" in block["spearman"] and block["spearman"]["ci95"] == [None, None]  # 3 points: no interval
+    assert "fewer than 4 configurations" in report["primary"]["message"]  # and the report says why
+    assert "no 95 % interval" in (tmp_path / "out" / "report.md").read_text()
     within = report["within_configuration"]["fisher_peak"]
     assert within["n_trials"] == 9 and within["n_configurations"] == 3
     assert within["r"] < -0.9 and within["p"] < 0.05

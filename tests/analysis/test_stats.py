@@ -81,3 +81,9 @@ def test_within_configuration_needs_replicas_and_sees_a_within_effect() -> None:
 def test_holm() -> None:
     assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
     assert holm([]) == []
+
+
+def test_an_unreplicated_study_keeps_the_within_keys_as_none() -> None:
+    block = association(np.array([1.0, 2.0, 3.0]), np.array([0.9, 0.8, 0.7]), np.array([0, 1, 2]))
+    assert block["r"] is None and block["p"] is None and block["ci95"] == [None, None]
+    assert "replicas" in block["message"] and block["n_configurations"] == 0
