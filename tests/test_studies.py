@@ -18,7 +18,7 @@ from study.spec import StudySpec, load_spec
 from trainables.data import dataset_info
 from trainables.models import build_model
 from trainables.penalties import make_penalty
-from trainables.trial import seeded_generator
+from trainables.trial import PENALTY_LABELS, seeded_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted((ROOT / "studies").glob("*.yaml"))
@@ -82,7 +82,7 @@ def test_study_model_and_penalty_take_one_training_step(path: Path) -> None:
     logits = model(x)
     assert logits.shape == (BATCH, info.num_classes)
     loss = F.cross_entropy(logits, y)
-    pen = penalty(model, x, y, logits, seeded_generator(cfg.train.seed, 0, 2))
+    pen = penalty(model, x, y, logits, seeded_generator(cfg.train.seed, 0, PENALTY_LABELS))
     if cfg.penalty.kind != "none":  # the first call computes the penalty afresh, whatever recompute_every
         assert penalty.recomputed and pen.item() > 0
     optimizer.zero_grad(set_to_none=True)

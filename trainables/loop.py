@@ -35,7 +35,7 @@ from trainables.config import TrialConfig
 from trainables.early import Curve, early_fisher_trace, fisher_peak
 from trainables.evaluation import epoch_metrics, evaluate, finite_model
 from trainables.report import EpochReport, Outcome
-from trainables.trial import Trial, seeded_generator
+from trainables.trial import AUGMENT, DATA_ORDER, PENALTY_LABELS, Trial, seeded_generator
 
 HISTORY = (names.TRAIN_LOSS, names.FISHER_TRACE, names.EPOCH)  # the curves the summary reads, kept whole
 
@@ -152,15 +152,17 @@ def _train_epoch(trial: Trial, progress: _Progress, epoch: int) -> tuple[str | N
     and the train accuracy over the epoch (steadier than the last window's)."""
     cfg, model, splits = trial.cfg, trial.model, trial.splits
     model.train()
-    order = torch.randperm(trial.n_train, generator=seeded_generator(cfg.train.seed, epoch, 1)).to(trial.device)
+    order = torch.randperm(trial.n_train, generator=seeded_generator(cfg.train.seed, epoch, DATA_ORDER)).to(
+        trial.device
+    )
     epoch_correct = 0
     for batch in order.split(cfg.train.batch_size):
         x, y = splits.train_x[batch], splits.train_y[batch]
         if cfg.data.augment:  # training batches only: CE and penalty see the same augmented batch
-            x = datasets.augment(x, seeded_generator(cfg.train.seed, progress.step, 3))
+            x = datasets.augment(x, seeded_generator(cfg.train.seed, progress.step, AUGMENT))
         logits = model(x)
         loss = F.cross_entropy(logits, y)
-        pen = trial.penalty(model, x, y, logits, seeded_generator(cfg.train.seed, progress.step, 2))
+        pen = trial.penalty(model, x, y, logits, seeded_generator(cfg.train.seed, progress.step, PENALTY_LABELS))
         if trial.penalty.recomputed and trial.penalty.batch_trace is not None:  # at θ after `step` steps
             progress.log(progress.step, {names.FISHER_TRACE_BATCH: trial.penalty.batch_trace})
         trial.optimizer.zero_grad(set_to_none=True)

@@ -19,9 +19,14 @@ from trainables.hessian import hessian_trace
 from trainables.models import build_model
 from trainables.penalties import Penalty, make_penalty
 
+# The last integer of a seeded_generator key names its stream. NumPy's SeedSequence pads a key
+# with zeros, so (s,) and (s, 0) are the same key: every stream but the probe's (data.seed,)
+# ends in a nonzero tag, else the step-0 Tr(F) labels would reuse the probe's permutation stream.
+DATA_ORDER, PENALTY_LABELS, AUGMENT, HESSIAN_PROBES, FISHER_LABELS = 1, 2, 3, 4, 5
+
 
 def seeded_generator(*key: int) -> torch.Generator:
-    """A CPU generator whose seed is derived from integers (e.g. train.seed, step)."""
+    """A CPU generator whose seed is derived from integers (e.g. train.seed, step, stream tag)."""
     seed = int(np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0] >> 1)
     return torch.Generator().manual_seed(seed)
 
@@ -101,7 +106,7 @@ class Trial:
                 self.model,
                 self.probe_x,
                 labels=fisher.trace_labels,
-                generator=seeded_generator(seed, step),
+                generator=seeded_generator(seed, step, FISHER_LABELS),
                 label_samples=fisher.draws,
                 top_classes=fisher.top,
                 per_layer=fisher.per_layer,
@@ -113,7 +118,7 @@ class Trial:
                 self.probe_x,
                 fisher.spectrum.k,
                 labels=fisher.trace_labels,
-                generator=seeded_generator(seed, step),
+                generator=seeded_generator(seed, step, FISHER_LABELS),
                 label_samples=fisher.draws,
                 top_classes=fisher.top,
             )
@@ -131,7 +136,7 @@ class Trial:
                 self.probe_x,
                 self.probe_y,
                 probes=self.cfg.hessian.trace.probes,
-                generator=seeded_generator(seed, step, 4),
+                generator=seeded_generator(seed, step, HESSIAN_PROBES),
             )
             out.update({names.HESSIAN_TRACE: h.mean, names.HESSIAN_TRACE_STDERR: h.stderr})
         if fisher.labels == "empirical":
