@@ -19,7 +19,7 @@ from trainables.data import DATASETS, Splits, check_cache_dir, dataset_info
 from trainables.data import load as load_splits
 from trainables.fisher_config import FisherConfig
 from trainables.models import build_model, model_entry
-from trainables.penalties import PENALTIES, make_penalty
+from trainables.penalties import PENALTIES, VarianceConstancyPenalty, make_penalty
 from trainables.schema import ConfigError, flatten, parse, require, unflatten
 
 TRIAL_INDEX_KEY = "__trial_index__"  # set by Ray's Repeater on replicated configurations
@@ -41,6 +41,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         info = dataset_info(self.name)
+        require(self.seed >= 0, "data.seed", "an integer ≥ 0", self.seed)
         if self.train_size is not None:
             require(self.train_size >= 1, "data.train_size", "an integer ≥ 1", self.train_size)
         require(0 < self.val_fraction < 1, "data.val_fraction", "in (0, 1)", self.val_fraction)
@@ -96,6 +97,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "train.epochs", "an integer ≥ 1", self.epochs)
+        require(self.seed >= 0, "train.seed", "an integer ≥ 0", self.seed)
         require(
             self.collapse_after_epoch >= 0, "train.collapse_after_epoch", "an integer ≥ 0", self.collapse_after_epoch
         )
@@ -158,6 +160,14 @@ class TrialConfig:
     fisher: FisherConfig = field(default_factory=FisherConfig)
     penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
     hessian: HessianConfig = field(default_factory=HessianConfig)
+
+    def __post_init__(self) -> None:
+        if self.penalty.kind == "vcl":
+            least = 2 * VarianceConstancyPenalty.SUBSET
+            why = (
+                f"≥ {least} with penalty.kind: vcl (it compares the variances of two subsets of {least // 2} examples)"
+            )
+            require(self.train.batch_size >= least, "train.batch_size", why, self.train.batch_size)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> TrialConfig:

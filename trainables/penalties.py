@@ -23,6 +23,9 @@ recomputed. With ``recompute_every=1`` the call returns P itself (differentiable
 from __future__ import annotations
 
 import abc
+import contextlib
+import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -30,6 +33,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.schema import ConfigError
+
+
+@contextlib.contextmanager
+def batch_statistics_kept(model: nn.Module) -> Iterator[None]:
+    """Run a penalty's extra forward on copies of every BatchNorm's running statistics, then put
+    the originals back: in train mode each forward updates them, and only the training forward
+    should. (Swapped, not copied back in place: the forward's graph may hold the copies.)"""
+    originals = [
+        (module, name, buffer)
+        for module in model.modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        for name, buffer in module._buffers.items()
+        if buffer is not None
+    ]
+    for module, name, buffer in originals:
+        module._buffers[name] = buffer.clone()
+    try:
+        yield
+    finally:
+        for module, name, buffer in originals:
+            module._buffers[name] = buffer
 
 
 def _params(model: nn.Module) -> list[nn.Parameter]:
@@ -81,7 +105,9 @@ class Penalty(nn.Module, abc.ABC):
             self.value = penalty.item()
             if self.recompute_every == 1:
                 return penalty
-            grads = torch.autograd.grad(penalty, params, retain_graph=True, allow_unused=True)
+            grads: tuple[torch.Tensor | None, ...] = (None,) * len(params)  # a constant (e.g. VCL on a short batch)
+            if penalty.requires_grad:
+                grads = torch.autograd.grad(penalty, params, retain_graph=True, allow_unused=True)
             self._grads = [
                 torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads, strict=False)
             ]
@@ -112,10 +138,15 @@ def _sq_norm_of_mean_grad(model: nn.Module, logits: torch.Tensor, targets: torch
 
 
 class FisherPenalty(Penalty):
-    """coef·Tr(F_B) with labels sampled from the model (treated as constants)."""
+    """coef·Tr(F_B) with labels sampled from the model (treated as constants).
+
+    A diverged model's non-finite probabilities have no labels to draw: the penalty is then NaN,
+    which the training loop records as divergence (``nonfinite``), not as a failed trial."""
 
     def compute(self, model, inputs, labels, logits, generator):  # type: ignore[no-untyped-def]
         probs = logits.detach().double().softmax(1).cpu()
+        if not torch.isfinite(probs).all():
+            return torch.full((), math.nan, dtype=logits.dtype, device=logits.device)
         sampled = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
         trace = _sq_norm_of_mean_grad(model, logits, sampled)
         self.batch_trace = trace.item()
@@ -138,11 +169,14 @@ class RandomLabelGradientPenalty(Penalty):
 
 
 class InputGradientPenalty(Penalty):
-    """GPx: mean over examples of ‖∇_x CE(f(x), y)‖²; needs its own forward (x requires grad)."""
+    """GPx: mean over examples of ‖∇_x CE(f(x), y)‖²; needs its own forward (x requires grad),
+    which leaves BatchNorm's running statistics as the training forward left them."""
 
     def compute(self, model, inputs, labels, logits, generator):  # type: ignore[no-untyped-def]
         x = inputs.detach().requires_grad_(True)
-        loss = F.cross_entropy(model(x), labels, reduction="sum")  # sum: each x_i gets its own ∇
+        with batch_statistics_kept(model):
+            logits_x = model(x)
+        loss = F.cross_entropy(logits_x, labels, reduction="sum")  # sum: each x_i gets its own ∇
         (gx,) = torch.autograd.grad(loss, x, create_graph=True)
         return gx.pow(2).flatten(1).sum(1).mean()
 
@@ -155,7 +189,9 @@ class VarianceConstancyPenalty(Penalty):
     the authors' code; β is a learnable per-unit tensor initialised to 1 that joins the
     optimizer. The pre-activations come from a forward of those 2·``SUBSET`` examples in the
     model's current mode. VCL is meant for networks without BatchNorm (its authors use it
-    instead of BN); with BN that extra forward would also update the running statistics.
+    instead of BN); with BN, that forward and the one that sizes β leave the running statistics
+    as they were. It needs batches of at least 2·``SUBSET`` examples (the config refuses
+    smaller ones); a shorter last batch of an epoch adds no penalty.
     """
 
     SUBSET = 5
@@ -183,7 +219,8 @@ class VarianceConstancyPenalty(Penalty):
             for m in self._activations(model)
         ]
         try:
-            model(inputs[: 2 * self.SUBSET])
+            with batch_statistics_kept(model):
+                model(inputs[: 2 * self.SUBSET])
         finally:
             for handle in handles:
                 handle.remove()

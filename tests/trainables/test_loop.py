@@ -10,7 +10,7 @@ import torch
 
 from trainables.config import TrialConfig
 from trainables.loop import EpochReport, train
-from trainables.schema import unflatten
+from trainables.schema import ConfigError, unflatten
 
 TINY: dict[str, Any] = {
     "model": {"name": "mlp", "hidden": 16, "depth": 1},
@@ -65,6 +65,14 @@ def test_huge_lr_diverges_nonfinite_with_last_finite_objective() -> None:
     assert last.outcome == "diverged" and last.diverged_reason == "nonfinite"
     assert math.isfinite(last.metrics["val_accuracy"]) and math.isfinite(last.metrics["val_loss"])
     assert not last.state  # nothing to checkpoint
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_a_fisher_penalty_run_that_blows_up_is_diverged_not_failed(every: int) -> None:
+    """Its label draw met NaN probabilities and raised: the trial was recorded as failed."""
+    overrides = {"train.lr": 1e12, "train.batch_size": 32, "fisher.schedule.dense_until_epoch": 0}
+    reports = run(config(**overrides, **{"penalty.recompute_every": every}))  # no point checks it before the penalty
+    assert reports[-1].outcome == "diverged" and reports[-1].diverged_reason == "nonfinite"
 
 
 def test_collapse_without_nan_is_diverged() -> None:
@@ -171,3 +179,20 @@ def test_spectrum_is_logged_with_every_tr_f_point_from_the_same_matrix(labels: s
     assert all(top <= t for top, t in zip(lam[0], trace, strict=True))  # λ_max ≤ Tr(F)
     assert [p[1] for p in curves["fisher_lambda_max"]] == lam[0]
     assert [p[1] for p in curves["fisher_lambda_max_lr"]] == pytest.approx([v * 0.05 for v in lam[0]], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"train.seed": -1}, r"^train\.seed: must be an integer ≥ 0, got -1"),
+        ({"data.seed": -2}, r"^data\.seed: must be an integer ≥ 0, got -2"),
+        ({"penalty.kind": "vcl", "train.batch_size": 8}, r"^train\.batch_size: must be ≥ 10 with penalty\.kind: vcl"),
+    ],
+)
+def test_values_every_trial_would_fail_on_are_refused_when_the_spec_is_read(
+    overrides: dict[str, Any], message: str
+) -> None:
+    """A negative seed failed every trial (SeedSequence refuses it); VCL on batches under its two
+    subsets of 5 added nothing at all."""
+    with pytest.raises(ConfigError, match=message):
+        config(**overrides)

@@ -141,3 +141,33 @@ def test_vcl_sees_pre_activations_of_in_place_activations() -> None:
     (grad_w,) = torch.autograd.grad(out, [model[0].weight])
     (expected_w,) = torch.autograd.grad(expected, [model[0].weight])
     torch.testing.assert_close(grad_w, expected_w, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["gpx", "vcl"])
+def test_an_extra_forward_leaves_batch_norm_statistics_alone(kind: str) -> None:
+    """GPx and VCL run their own train-mode forward; only the training forward may move BN."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).double().train()
+    x, y = torch.randn(12, 6, dtype=torch.float64), torch.randint(3, (12,))
+    penalty = make_penalty(kind, COEF)
+    penalty.prepare(model, x)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    penalty(model, x, y, model(x).detach(), torch.Generator().manual_seed(0))  # this forward moves them once
+    model(x)
+    after = {k: v for k, v in model.state_dict().items() if k in before}
+    reference = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).double().train()
+    reference.load_state_dict({**model.state_dict(), **before})
+    reference(x)
+    reference(x)
+    for name, value in reference.state_dict().items():
+        if name in before:
+            torch.testing.assert_close(after[name], value)
+
+
+def test_a_penalty_without_a_gradient_caches_zeros() -> None:
+    """VCL on a last batch shorter than its two subsets is 0 with no graph; caching it raised."""
+    model, x, y = setup()
+    penalty = make_penalty("vcl", COEF, recompute_every=3)
+    penalty.prepare(model, torch.randn(12, 1, 4, 4, dtype=torch.float64))
+    out = penalty(model, x[:4], y[:4], model(x[:4]), None)
+    assert out.item() == 0.0 and all(bool((g == 0).all()) for g in penalty._grads)
