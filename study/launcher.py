@@ -19,6 +19,7 @@ from ray import tune
 from study import exit_codes
 from study.cluster import check_resources, check_results_shared
 from study.exit_codes import LaunchEnd, Outcome, launch_outcome
+from study.interrupts import recorded_interrupt
 from study.lost_trials import retire_lost_runs, saved_trial_ids
 from study.mlflow_parent import (
     check_reachable,
@@ -87,7 +88,10 @@ def start_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) -> 
         store.save_spec(spec)
         index = len(launches) + 1
         launch = Launch(index, f"launch-{index}", results, spec.search.num_samples, todo)
-        store.save_launches([*launches, launch])
+        tracking = MlflowTracking(spec.tracking.uri, exp, parent)
+        progress = ProgressPrinter(list(spec.search.space), spec.search.num_samples, already_done=done)
+        tuner = build_tuner(spec, store, launch, [tracking, progress, NodeWatch(spec.name)])
+        store.save_launches([*launches, launch])  # only once it can run: else `resume` would have nothing
         client.set_tag(
             parent,
             f"fishtune.launch.{index}",
@@ -102,9 +106,6 @@ def start_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) -> 
             masked(spec.tracking.uri),
             masked(store.storage_url(spec.search.storage)),
         )
-        tracking = MlflowTracking(spec.tracking.uri, exp, parent)
-        progress = ProgressPrinter(list(spec.search.space), spec.search.num_samples, already_done=done)
-        tuner = build_tuner(spec, store, launch, [tracking, progress, NodeWatch(spec.name)])
         return _finish(spec, store, client, parent, tuner, [tracking], options.mlflow_wait_s)
 
 
@@ -151,9 +152,10 @@ def _finish(
     client.update_run(parent, status=RunStatus.to_string(RunStatus.RUNNING))
     interrupted, failed, unwritten, refused = True, 0, 0, 0
     try:
-        grid = tuner.fit()
+        with recorded_interrupt() as stopped:
+            grid = tuner.fit()
         launches = store.launches()
-        interrupted = grid.num_terminated + grid.num_errors < launches[-1].num_samples
+        interrupted = stopped.is_set() or grid.num_terminated + grid.num_errors < launches[-1].num_samples
         if not interrupted:
             launches[-1].finished = True
             store.save_launches(launches)

@@ -60,15 +60,28 @@ def distribution(domain: Domain) -> BaseDistribution:
     return CategoricalDistribution(list(domain.values))
 
 
-def sampler(search: SearchSpec) -> optuna.samplers.BaseSampler:
+def sampler(search: SearchSpec, launch: int = 1) -> optuna.samplers.BaseSampler:
+    """The spec's sampler for the study's ``launch``-th launch.
+
+    Random and TPE (whose first 10 trials are random) draw from their seed's stream from its
+    start: seeded with ``search.seed`` again, a launch that extends a study (``fishtune run
+    --num-samples N``) proposed again exactly what the first launch had, duplicate
+    configurations that inflate n. Later launches take a seed derived from (search.seed,
+    launch); the first keeps ``search.seed``, so a study is as reproducible as before. QMC
+    continues its sequence from the study's trial count and the grid sampler skips visited
+    points, so both keep ``search.seed``.
+    """
+    seed = search.seed
+    if launch > 1:
+        seed = int(np.random.SeedSequence([search.seed, launch]).generate_state(1)[0])
     if search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=search.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if search.sampler == "qmc":
         return optuna.samplers.QMCSampler(seed=search.seed, scramble=True)
     if search.sampler == "grid":
         grid = {name: list(d.values) for name, d in search.searched.items()}
         return optuna.samplers.GridSampler(grid, seed=search.seed)
-    return optuna.samplers.TPESampler(seed=search.seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 class FishtuneOptunaSearch(OptunaSearch):
@@ -216,7 +229,7 @@ class OutcomeRepeater(Repeater):
         searcher.on_trial_complete(group.primary_trial_id, result=summary, error=False)
 
 
-def build_searcher(search: SearchSpec, study_name: str, storage_url: str) -> Searcher:
+def build_searcher(search: SearchSpec, study_name: str, storage_url: str, launch: int = 1) -> Searcher:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(storage_url)
     space = {name: distribution(d) for name, d in search.searched.items()}
@@ -224,7 +237,7 @@ def build_searcher(search: SearchSpec, study_name: str, storage_url: str) -> Sea
         space=space,
         metric=search.metric,
         mode=search.mode,
-        sampler=sampler(search),
+        sampler=sampler(search, launch),
         study_name=study_name,
         storage=storage,
     )

@@ -30,7 +30,7 @@ def build_tuner(spec: StudySpec, store: StudyStore, launch: Launch, callbacks: l
         trainable(spec),
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
-            search_alg=build_searcher(spec.search, spec.name, store.storage_url(spec.search.storage)),
+            search_alg=build_searcher(spec.search, spec.name, store.storage_url(spec.search.storage), launch.index),
             scheduler=scheduler(spec),
             num_samples=launch.num_samples,
             max_concurrent_trials=spec.search.max_concurrent,

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from study.cli import main
 from study.store import StudyStore
 
-from .helpers import CLI_TIMEOUT_S, ROOT, STUDY_TIMEOUT_S, children, optuna_trials, run_until, tiny_spec
+from .helpers import CLI_TIMEOUT_S, ROOT, STUDY_TIMEOUT_S, children, optuna_trials, run_until, tiny_spec, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -128,16 +128,29 @@ def test_seed_replicas_give_one_optuna_trial_per_configuration(
         assert t.value == pytest.approx(mean)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    ("signum", "last"),
+    [(signal.SIGINT, False), (signal.SIGTERM, True)],
+    ids=["SIGINT-mid-launch", "SIGTERM-with-every-trial-started"],
+)
 def test_interrupted_study_resumes_without_duplicates(
-    ray_session: None, mlflow_uri: str, storage: Path, tmp_path: Path, signum: int
+    ray_session: None, mlflow_uri: str, storage: Path, tmp_path: Path, signum: int, last: bool
 ) -> None:
-    """A signal to a running `fishtune run` (own local Ray) → exit 130; `resume` finishes it."""
+    """A signal to a running `fishtune run` (own local Ray) → exit 130; `resume` finishes it.
+
+    ``last``: once every trial of the launch has started. Tune's clean-up then marks the running
+    trials terminated, and counting them made the launch look finished: exit 0, "nothing to
+    resume", the running trials lost."""
     name = f"e2e-resume-{signal.Signals(signum).name.lower()}"
-    spec = tiny_spec(tmp_path, name, num_samples=6, max_concurrent=1)
+    n = 2 if last else 6
+    spec = tiny_spec(tmp_path, name, num_samples=n, max_concurrent=2 if last else 1)
+    if last:  # long enough to be running when the signal comes
+        spec.write_text(spec.read_text().replace("epochs: 2", "epochs: 40"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "study", "run", str(spec), "--storage", str(storage), "--tracking-uri", mlflow_uri]
-    proc, head = run_until(command, tmp_path, "[2/6]", env)
+    proc, head = run_until(command, tmp_path, f"study {name}: running" if last else "[2/6]", env)
+    if last:
+        wait_for(lambda: len(children(mlflow_uri, name)) == n, CLI_TIMEOUT_S, "every trial's MLflow run")
     proc.send_signal(signum)
     rest, _ = proc.communicate(timeout=CLI_TIMEOUT_S)
     output = head + rest
@@ -147,11 +160,11 @@ def test_interrupted_study_resumes_without_duplicates(
 
     assert main(["resume", name, "--storage", str(storage)]) == 0
     runs = children(mlflow_uri, name)
-    assert len(runs) == 6
-    assert len({r.data.tags["fishtune.trial_id"] for r in runs}) == 6
+    assert len(runs) == n
+    assert len({r.data.tags["fishtune.trial_id"] for r in runs}) == n
     assert {r.data.tags["fishtune.outcome"] for r in runs} == {"completed"}
     trials = optuna_trials(storage, name)
-    assert len(trials) == 6
+    assert len(trials) == n
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     assert StudyStore(storage, name).launches()[-1].finished is True
 

@@ -18,6 +18,7 @@ from study.searcher import (
     SEED_VALUES,
     SEEDS,
     build_searcher,
+    sampler,
 )
 from study.spec import parse_spec
 
@@ -259,3 +260,30 @@ def test_orphaned_trials_are_looked_for_once_per_launch(url: str, tmp_path: Path
     assert launch().suggest("c") == late.params
     attrs = [t.user_attrs.get(RAY_TRIAL_ID) for t in stored(url)]
     assert attrs == ["a", "c", "b"]
+
+
+LR = {"lr": optuna.distributions.FloatDistribution(0.001, 0.1, log=True)}
+
+
+def draws(study: optuna.Study, chosen: optuna.samplers.BaseSampler, n: int = 3) -> list[float]:
+    """``n`` trials asked of ``study`` with ``chosen`` as its sampler, each told 0.5."""
+    study.sampler = chosen
+    points = []
+    for _ in range(n):
+        trial = study.ask(LR)
+        points.append(trial.params["lr"])
+        study.tell(trial, 0.5)
+    return points
+
+
+@pytest.mark.parametrize("kind", ["random", "tpe"])
+def test_a_launch_that_extends_a_study_does_not_propose_the_first_launchs_points_again(kind: str) -> None:
+    """Each launch builds its sampler afresh: with search.seed again, random and TPE's random
+    start-up drew the same stream from its start, so launch 2 repeated launch 1's points."""
+    text = SPEC.replace("{train.lr: {grid: [0.01, 0.1]}}", "{train.lr: {loguniform: [0.001, 0.1]}}")
+    search = parse_spec(yaml.safe_load(text.replace("sampler: grid", f"sampler: {kind}"))).search
+    study = optuna.create_study(direction="maximize")
+    first, second = draws(study, sampler(search, 1)), draws(study, sampler(search, 2))
+    assert not set(first) & set(second)
+    alone = draws(optuna.create_study(direction="maximize"), sampler(search, 1))
+    assert first == alone  # the first launch is as reproducible as before
