@@ -108,6 +108,12 @@ def _check_same_study(stored: StudySpec, spec: StudySpec) -> None:
             f"study {spec.name!r} exists with a different search space or trial config; "
             f"keep the spec as it was, or start a new study with --new-study NAME"
         )
+    if stored.tracking.uri != spec.tracking.uri:
+        raise ConfigError(
+            f"tracking.uri: study {spec.name!r} keeps its MLflow runs in {masked(stored.tracking.uri)}; "
+            f"a launch writing to {masked(spec.tracking.uri)} would split it between two stores: give the same "
+            "--tracking-uri to extend it, or start a new study with --new-study NAME"
+        )
     if stored.search.storage != spec.search.storage:
         where = masked(stored.search.storage) if stored.search.storage else "its study folder's optuna.db"
         raise ConfigError(

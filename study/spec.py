@@ -17,10 +17,11 @@ import yaml
 
 from study.spec_core import NAME_PATTERN, Tracking, check_storage_url, resolved_storage
 from trainables.config import TrialConfig
-from trainables.report import OBJECTIVES, VAL_ACCURACY
+from trainables.report import OBJECTIVES, VAL_ACCURACY, VAL_LOSS
 from trainables.schema import ConfigError, check, merge, parse, require, unflatten
 
 MIN_CPU = 1e-4  # Ray's resource granularity: smaller fractions are refused
+MINIMISED = {VAL_LOSS: "min"}  # objectives a study minimises; the others it maximises
 SEED_FIELD = "train.seed"
 MAX_SPEC_BYTES = 2**20  # a spec is a page of YAML; anything larger is the wrong file
 _TRIAL_SECTIONS = tuple(f.name for f in fields(TrialConfig))  # data, model, train, fisher, …
@@ -49,6 +50,15 @@ class Domain:
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}.{kind}: expected a non-empty list, got {values!r}")
         if kind in ("choice", "grid"):
+            nested = [v for v in values if isinstance(v, (Mapping, list))]
+            if nested:
+                raise ConfigError(
+                    f"{path}.{kind}: options are single values (numbers, strings, booleans, null), got {nested[0]!r}; "
+                    "search a section's own fields (e.g. fisher.spectrum.k) or run one study per setting"
+                )
+            repeated = [v for i, v in enumerate(values) if any(_same(v, w) for w in values[:i])]
+            if repeated:
+                raise ConfigError(f"{path}.{kind}: {repeated[0]!r} is listed twice; each option once")
             return cls(kind, tuple(values))
         if len(values) != 2:
             raise ConfigError(f"{path}.{kind}: expected [lo, hi], got {values!r}")
@@ -57,10 +67,21 @@ class Domain:
         if not all(isinstance(v, numeric) and not isinstance(v, bool) for v in (lo, hi)):
             what = "integers" if kind == "int" else "numbers"
             raise ConfigError(f"{path}.{kind}: lo and hi must be {what}, got {values!r}")
+        require(math.isfinite(lo) and math.isfinite(hi), f"{path}.{kind}", "[lo, hi], both finite", values)
         require(lo < hi, f"{path}.{kind}", "[lo, hi] with lo < hi", values)
         if kind == "loguniform":
             require(lo > 0, f"{path}.{kind}", "[lo, hi] with 0 < lo < hi", values)
         return cls(kind, (lo, hi))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Options that name the same setting: equal values of the same kind (1 and 1.0 are one
+    number; true and 1 are not)."""
+    return (type(a) is type(b) or (_numeric(a) and _numeric(b))) and a == b
+
+
+def _numeric(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -98,6 +119,9 @@ class SearchSpec:
 
     def __post_init__(self) -> None:
         require(self.metric in OBJECTIVES, "search.metric", f"one of {list(OBJECTIVES)}", self.metric)
+        require(0 <= self.seed < 2**32, "search.seed", "an integer in [0, 2^32) (the samplers' seed range)", self.seed)
+        best = MINIMISED.get(self.metric, "max")
+        require(self.mode == best, "search.mode", f"{best} with search.metric: {self.metric}", self.mode)
         if self.storage is not None:
             check_storage_url(self.storage)
 
@@ -183,15 +207,34 @@ def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> S
     """
     text = _read_spec(Path(path))
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    except ConfigError as exc:  # a key written twice
+        raise ConfigError(f"{path}: {exc}") from None
     if isinstance(data, Mapping):
         data = merge(data, overrides or {})
     return parse_spec(data, source=str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key written twice in one mapping is an error: PyYAML keeps the
+    last silently, and a second ``space:`` under ``search:`` dropped the first one's fields."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # unhashable keys are refused by the validation that follows
+            if key in seen:
+                mark = key_node.start_mark
+                raise ConfigError(f"line {mark.line + 1}: {key!r} appears twice in the same mapping; keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _read_spec(path: Path) -> str:
@@ -268,6 +311,10 @@ def _parse_search(data: Any, trial: TrialConfig) -> SearchSpec:
     asha = scheduler.asha if isinstance(scheduler, Schedulers) else None
     search = parse(SearchSpec, {**data, "space": space, "scheduler": asha}, "search")
     _check_search(search)
+    if "penalty.coef" in search.searched and trial.penalty.kind == "none" and "penalty.kind" not in search.searched:
+        raise ConfigError(
+            "search.space.penalty.coef: penalty.kind is none, which ignores the coefficient; set a penalty.kind or search lr alone"
+        )
     return search
 
 

@@ -9,6 +9,7 @@ a :class:`ConfigError` whose message names the dotted field and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -28,7 +29,7 @@ def parse(cls: type[T], data: Any, path: str) -> T:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: expected a mapping of {_field_names(cls)}, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)  # YAML keys need not be strings
     if unknown:
         raise ConfigError(f"{_join(path, str(unknown[0]))}: unknown key; allowed keys are {_field_names(cls)}")
     hints = get_type_hints(cls)
@@ -70,7 +71,8 @@ def check(tp: Any, value: Any, path: str) -> Any:
 
 
 def _number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float))
+    """An int or a finite float (YAML's .inf and .nan are no setting's value)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 _SCALARS: dict[type, tuple[Callable[[Any], bool], Callable[[Any], Any]]] = {
@@ -181,4 +183,4 @@ def _describe(tp: Any) -> str:
         return " or ".join(repr(a) for a in get_args(tp))
     if dataclasses.is_dataclass(tp):
         return f"a mapping of {_field_names(tp)}"  # type: ignore[arg-type]
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, "a mapping")
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(tp, "a mapping")

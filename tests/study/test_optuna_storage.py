@@ -135,3 +135,19 @@ def test_a_study_on_a_journal_runs_and_extends_without_a_database(
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
     runs = children(mlflow_uri, "journaled")
     assert {t.user_attrs["fishtune.ray_trial_id"] for t in trials} == {r.data.tags["fishtune.trial_id"] for r in runs}
+
+
+def test_extending_a_study_into_another_mlflow_store_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It ran, split the study's runs between two stores and rewrote the stored tracking URI."""
+    kept = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = StudyStore(tmp_path / "st", "kept")
+    store.save_spec(load_spec(tiny_spec(tmp_path, "kept"), {"tracking": {"uri": kept}}))
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    spec = tiny_spec(tmp_path, "kept")
+    assert (
+        main(["run", str(spec), "--storage", str(tmp_path / "st"), "--tracking-uri", other, "--num-samples", "8"]) == 2
+    )
+    assert f"tracking.uri: study 'kept' keeps its MLflow runs in {kept}" in capsys.readouterr().err
+    assert yaml.safe_load(store.spec_path.read_text())["tracking"]["uri"] == kept  # unchanged

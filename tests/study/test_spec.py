@@ -34,7 +34,7 @@ BAD: list[tuple[str, str, str]] = [
     ("empty space", "name: x\nmodel: {name: mlp}\nsearch: {space: {}}\n", "search.space"),
     ("lr zero", GOOD + "train: {lr: 0}\n", "train.lr: must be > 0"),
     ("lr negative", GOOD + "train: {lr: -0.1}\n", "train.lr"),
-    ("lr string", GOOD + "train: {lr: fast}\n", "train.lr: expected a number"),
+    ("lr string", GOOD + "train: {lr: fast}\n", "train.lr: expected a finite number"),
     ("epochs float", GOOD + "train: {epochs: 2.5}\n", "train.epochs: expected an integer"),
     ("epochs zero", GOOD + "train: {epochs: 0}\n", "train.epochs"),
     ("batch zero", GOOD + "train: {batch_size: 0}\n", "train.batch_size"),
@@ -120,6 +120,19 @@ BAD: list[tuple[str, str, str]] = [
     ("vgg on 8 px digits", GOOD.replace("model: {name: mlp}", "model: {name: vgg11}"), "32"),
     ("wrn depth", GOOD.replace("model: {name: mlp}", "model: {name: wrn, depth: 17}"), "model.depth"),
     ("densenet growth", GOOD.replace("model: {name: mlp}", "model: {name: densenet_bc, growth: 0}"), "model.growth"),
+    ("key twice", GOOD + "  space: {train.epochs: {grid: [1, 2]}}\n", "line 7: 'space' appears twice"),
+    ("name twice", GOOD + "name: other\n", "'name' appears twice"),
+    ("lr infinite", GOOD + "train: {lr: .inf}\n", "train.lr: expected a finite number, got inf"),
+    ("epsilon infinite", GOOD + "fisher: {epsilon: .inf}\n", "fisher.epsilon: expected a finite number"),
+    ("range to infinity", GOOD.replace("[1.0e-3, 1.0e-1]", "[1.0e-3, .inf]"), "both finite"),
+    ("grid twice the same", GOOD + "    train.batch_size: {grid: [16, 16, 32]}\n", "16 is listed twice"),
+    ("seed grid twice", GOOD + "    train.seed: {grid: [0, 0]}\n", "0 is listed twice"),
+    ("search a section", GOOD + "    fisher.spectrum: {choice: [null, {k: 2}]}\n", "options are single values"),
+    ("search seed negative", GOOD + "  seed: -1\n", "search.seed: must be an integer in [0, 2^32)"),
+    ("search seed too large", GOOD + "  seed: 4294967296\n", "search.seed"),
+    ("loss maximised", GOOD + "  metric: val_loss\n", "search.mode: must be min with search.metric: val_loss"),
+    ("coef of no penalty", GOOD + "    penalty.coef: {loguniform: [1.0e-3, 1.0e-1]}\n", "penalty.kind is none"),
+    ("keys of mixed types", GOOD + "train: {1: 2, lrr: 3}\n", "unknown key"),
 ]
 
 

@@ -49,7 +49,7 @@ model: {name: mlp, hidden: 32}
 penalty: {kind: vcl, coef: 0.1}
 search:
   space:
-    model.hidden: {grid: [16, 32, 16, 64]}
+    model.hidden: {grid: [16, 32, 64]}
     penalty.coef: {loguniform: [1.0e-3, 1.0]}
     train.lr: {choice: [0.01, 0.1]}
 """
@@ -57,7 +57,7 @@ search:
     )
     assert sorted(options.hidden for _, options in builds) == [16, 32, 64]
     assert set(builds.values()) == {1}
-    assert spec.search.space["model.hidden"].values == (16, 32, 16, 64)
+    assert spec.search.space["model.hidden"].values == (16, 32, 64)  # 32 is also the base config's
 
 
 def test_a_model_that_does_not_fit_is_still_refused_on_every_load(builds: Counter[tuple[str, Any]]) -> None:
