@@ -102,23 +102,24 @@ def run_outcome(args: argparse.Namespace) -> exit_codes.Outcome:
 
 
 def _check_same_study(stored: StudySpec, spec: StudySpec) -> None:
-    """Extending a study keeps its definition and its Optuna storage (which holds its trials)."""
+    """Extending a study keeps its definition, its Optuna storage (which holds its trials) and its
+    MLflow store (which holds its runs)."""
     if stored.identity() != spec.identity():
         raise ConfigError(
             f"study {spec.name!r} exists with a different search space or trial config; "
             f"keep the spec as it was, or start a new study with --new-study NAME"
-        )
-    if stored.tracking.uri != spec.tracking.uri:
-        raise ConfigError(
-            f"tracking.uri: study {spec.name!r} keeps its MLflow runs in {masked(stored.tracking.uri)}; "
-            f"a launch writing to {masked(spec.tracking.uri)} would split it between two stores: give the same "
-            "--tracking-uri to extend it, or start a new study with --new-study NAME"
         )
     if stored.search.storage != spec.search.storage:
         where = masked(stored.search.storage) if stored.search.storage else "its study folder's optuna.db"
         raise ConfigError(
             f"search.storage: study {spec.name!r} keeps its Optuna trials in {where}; "
             "give the same storage to extend it, or start a new study with --new-study NAME"
+        )
+    if stored.tracking.uri != spec.tracking.uri:
+        raise ConfigError(
+            f"tracking.uri: study {spec.name!r} keeps its MLflow runs in {masked(stored.tracking.uri)}; "
+            f"a launch writing to {masked(spec.tracking.uri)} would split it between two stores: give the same "
+            "--tracking-uri to extend it, or start a new study with --new-study NAME"
         )
 
 
