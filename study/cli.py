@@ -25,6 +25,7 @@ from study.logs import configure_logging
 from study.options import LaunchOptions
 from study.spec_core import NAME_PATTERN, Tracking, masked
 from study.store import StudyStore
+from study.store_check import check_tracking_store
 from trainables.schema import ConfigError
 
 if TYPE_CHECKING:  # study.spec builds trial configs and imports torch: `status` and `--help` never load it
@@ -34,8 +35,9 @@ if TYPE_CHECKING:  # study.spec builds trial configs and imports torch: `status`
 def _tracking_uri(args: argparse.Namespace, name: str | None) -> str:
     """--tracking-uri, else the stored study's, else the default store in the working directory.
 
-    For the commands that only read the store, a SQLite file must exist: opening a mistyped
-    path would create an empty database.
+    For the commands that only read the store, it must be an MLflow store that exists and
+    answers (:mod:`study.store_check`): opening a mistyped path would create an empty database,
+    and an unreachable server kept MLflow's client retrying for minutes.
     """
     if args.tracking_uri:
         uri = Tracking(uri=args.tracking_uri).resolved(Path.cwd()).uri
@@ -43,8 +45,7 @@ def _tracking_uri(args: argparse.Namespace, name: str | None) -> str:
         uri = StudyStore(args.storage, name).tracking_uri()
     else:
         uri = Tracking().resolved(Path.cwd()).uri
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise ConfigError(f"tracking.uri: no MLflow database at {uri.removeprefix('sqlite:///')}")
+    check_tracking_store(uri, reading=True)
     return uri
 
 

@@ -22,7 +22,6 @@ from study.exit_codes import LaunchEnd, Outcome, launch_outcome
 from study.interrupts import recorded_interrupt
 from study.lost_trials import retire_lost_runs, saved_trial_ids
 from study.mlflow_parent import (
-    check_reachable,
     close_parent,
     git_commit,
     open_parent_run,
@@ -39,6 +38,7 @@ from study.spec import StudySpec
 from study.spec_core import masked
 from study.status import summary_text
 from study.store import Launch, StudyStore
+from study.store_check import check_tracking_store
 from study.store_tables import ensure_tables
 from study.tracking import MlflowTracking
 from study.tuning import build_tuner, restore_tuner, restored_callbacks
@@ -74,7 +74,7 @@ def start_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) -> 
         return Outcome(
             exit_codes.OK, f"study {spec.name!r} already has {done} trials; raise --num-samples to extend it"
         )
-    check_reachable(spec.tracking.uri)  # an unreachable store or database is refused before Ray starts
+    check_tracking_store(spec.tracking.uri, reading=False)  # an unusable store is refused before Ray starts
     check_storage(spec.search.storage, spec.name, new_study=not launches)
     prepare_data(spec)
     with ray_session(options.address):
@@ -120,7 +120,7 @@ def resume_launch(spec: StudySpec, store: StudyStore, options: LaunchOptions) ->
         )
     launch = launches[-1]
     path = f"{launch.results.rstrip('/')}/{launch.experiment}"
-    check_reachable(spec.tracking.uri)
+    check_tracking_store(spec.tracking.uri, reading=False)
     check_storage(spec.search.storage, spec.name, new_study=False)
     prepare_data(spec)
     with ray_session(options.address):

@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import urllib.error
-import urllib.request
 from importlib import metadata
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from study.mlflow_study import experiment_id, parent_run
 from study.spec import StudySpec
 from study.spec_core import masked
 from study.store import StudyStore
+from study.store_check import check_tracking_store
 from study.tracking import MlflowTracking
 from trainables.schema import ConfigError
 
@@ -38,20 +37,6 @@ MLFLOW_CLIENT_ENV = {
 def use_short_mlflow_retries() -> None:
     for key, value in MLFLOW_CLIENT_ENV.items():
         os.environ.setdefault(key, value)
-
-
-def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
-    """One quick request to an HTTP tracking server: MLflow's own client retries for minutes."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
-            return
-    except urllib.error.HTTPError as exc:  # it answered: reachable (an auth proxy may refuse /health)
-        if exc.code >= 500:
-            raise ConfigError(f"tracking.uri: the MLflow server at {uri} answered {exc.code}") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"tracking.uri: cannot reach the MLflow server at {uri} ({exc})") from None
 
 
 def versions() -> dict[str, str]:
@@ -101,7 +86,7 @@ def replay_unwritten(spec: StudySpec, store: StudyStore, client: MlflowClient, e
 def replay_without_launch(spec: StudySpec, store: StudyStore) -> None:
     """For a command that starts no trials: still write what an earlier launch kept."""
     if store.unwritten_path.is_file():
-        check_reachable(spec.tracking.uri)
+        check_tracking_store(spec.tracking.uri, reading=False)
         client, exp, parent = open_parent_run(spec)
         replay_unwritten(spec, store, client, exp, parent)
 

@@ -81,6 +81,10 @@ class Tracking:
             f"a URI with scheme {'|'.join(TRACKING_SCHEMES)} (MLflow 3 refuses plain paths and file:)",
             self.uri,
         )
+        if scheme == "sqlite":
+            path = self.uri.removeprefix("sqlite:///")
+            ok = self.uri.startswith("sqlite:///") and path and not path.endswith("/")
+            require(bool(ok), "tracking.uri", "sqlite:/// then the database file (e.g. sqlite:///mlflow.db)", self.uri)
 
     def resolved(self, base: Path) -> Tracking:
         """SQLite paths made absolute against ``base``; the database's folder must exist."""
