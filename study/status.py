@@ -64,6 +64,7 @@ def runs_table(client: MlflowClient, study: str) -> pd.DataFrame:
 def table_from_runs(parent: RunRecord | None, trials: Iterable[RunRecord]) -> pd.DataFrame:
     searched = [s for s in (parent.tags.get(SEARCHED, "") if parent else "").split(",") if s]
     rows = []
+    columns = ["trial", *searched, "outcome", *COLUMNS.values()]
     for run in trials:
         row: dict[str, object] = {"trial": run.tags.get(TRIAL_ID, "?")}
         row.update({name: _number(run.params.get(name)) for name in searched})
@@ -72,7 +73,7 @@ def table_from_runs(parent: RunRecord | None, trials: Iterable[RunRecord]) -> pd
         row["start"] = run.start_time
         rows.append(row)
     if not rows:
-        return pd.DataFrame()
+        return pd.DataFrame(columns=columns)  # the CSV of an empty study still has its header
     table = pd.DataFrame(rows).sort_values("start", kind="stable").drop(columns="start").reset_index(drop=True)
     table["epochs"] = np.floor(table["epochs"].astype(float)).astype("Int64")  # completed epochs
     return table
@@ -126,18 +127,23 @@ def _sqlite_runs(path: Path, study: str) -> tuple[RunRecord | None, list[RunReco
 
 
 def _number(text: str | None) -> object:
+    """A param as MLflow stores it (text): an int where it is one (train.seed 1, not 1.0), a
+    float where it is a number, else the text."""
     if text is None:
         return None
-    try:
-        return float(text)
-    except ValueError:
-        return text
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
 
 
 def format_table(table: pd.DataFrame) -> str:
     if table.empty:
         return "(no trials yet)"
-    return table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="—")
+    shown = table.astype(object).where(table.notna(), np.nan)  # None, as in a column never logged, prints "—" too
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="—")
 
 
 def format_outcomes(table: pd.DataFrame) -> str:

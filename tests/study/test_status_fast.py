@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from study import mlflow_study, run_tags
 from study.cli import main
-from study.status import runs_table, study_table
+from study.status import RunRecord, format_table, render, runs_table, study_table, table_from_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,3 +113,19 @@ def test_status_and_help_import_neither_torch_nor_mlflow(store: str) -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_the_table_shows_missing_values_as_a_dash_and_integer_params_as_integers() -> None:
+    parent = RunRecord({run_tags.SEARCHED: "train.lr,train.seed"}, {}, {}, 0)
+    trial = RunRecord(
+        {run_tags.ROLE: "trial", run_tags.TRIAL_ID: "t0", run_tags.OUTCOME: "running"},
+        {"train.lr": "0.01", "train.seed": "1"},
+        {},
+        0,
+    )
+    table = table_from_runs(parent, [trial])
+    assert table["train.seed"].tolist() == [1] and table["train.seed"].dtype.kind == "i"
+    text = format_table(table)
+    assert "None" not in text and "—" in text and " 1 " in text.splitlines()[1] + " "
+    header = render(table_from_runs(parent, []), "s", "u", "csv")
+    assert header.split(",")[:4] == ["trial", "train.lr", "train.seed", "outcome"]  # an empty study's CSV
