@@ -131,6 +131,12 @@ class _Progress:
 def train(cfg: TrialConfig, device: torch.device, state: dict[str, Any] | None = None) -> Iterator[EpochReport]:
     trial = Trial.set_up(cfg, device)
     progress = _Progress.start(trial) if state is None else _Progress.restore(trial, state)
+    if state is not None and progress.epoch == cfg.train.epochs:
+        # Restored from its last checkpoint (the driver died after Tune took the final report but
+        # before it saved that): report the end again, or Tune keeps an older result and the run
+        # would be recorded as stopped early. Nothing is trained, and the curves were sent.
+        yield _epoch_report(trial, progress, progress.last_objective)
+        return
     for epoch in range(progress.epoch, cfg.train.epochs):
         reason, train_acc = _train_epoch(trial, progress, epoch)
         metrics = epoch_metrics(trial.model, trial.splits) if reason is None else {}

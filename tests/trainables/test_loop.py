@@ -59,6 +59,16 @@ def test_resume_from_a_state_is_exact_and_logs_no_step_twice() -> None:
     assert resumed[0].summary == straight[-1].summary
 
 
+def test_a_trial_restored_from_its_final_checkpoint_reports_its_end_again() -> None:
+    """It returned without a report, and Tune kept whatever older result its saved state held."""
+    cfg = config()
+    straight = run(cfg)
+    (again,) = run(cfg, straight[-1].state)
+    assert again.outcome == "completed" and again.epoch == straight[-1].epoch and again.step == straight[-1].step
+    assert again.summary == straight[-1].summary and again.metrics == straight[-1].metrics
+    assert again.curves == {}  # sent with the original report: nothing logged twice
+
+
 def test_huge_lr_diverges_nonfinite_with_last_finite_objective() -> None:
     reports = run(config(**{"train.lr": 1e12, "penalty.kind": "none", "penalty.coef": 0.0}))
     last = reports[-1]
