@@ -3,7 +3,7 @@
 Builds a synthetic MLflow SQLite store the way fishtune's tracker leaves it (parent run, child
 runs with params, summary metrics and a ``curves.parquet`` artifact per trial; with
 ``--histories`` also the per-step metric histories, read when no artifact exists), then times
-the whole analysis: reading MLflow, the table, correlations with bootstrap, plots and files.
+the whole analysis: reading MLflow, the table, correlations (permutation p, Fisher z intervals), plots and files.
 
     .venv/bin/python benchmarks/analysis_speed.py [--trials 500] [--steps 2000] [--histories]
 """

@@ -4,7 +4,7 @@ Three measurements, written as JSON to ``--out`` (default ``benchmarks/results/`
 git) and plotted to ``docs/img/study-scale.png``:
 
 1. ``tune``: the real driver (Ray Tune with fishtune's Tuner settings, its Optuna searcher on
-   the study's SQLite storage, the MLflow callback and write queue, the progress printer; a
+   the study's SQLite or journal storage (``--optuna-storage``), the MLflow callback and write queue, the progress printer; a
    SQLite MLflow store in a temporary folder) running a synthetic trainable
    (``scale_trial.py``) that trains nothing but reports what a trial of
    ``studies/digits-quick.yaml`` reports (same metric names and point counts, one report per
@@ -24,7 +24,7 @@ git) and plotted to ``docs/img/study-scale.png``:
 Then ``fishtune analyze`` is timed on the largest study's store.
 
     .venv/bin/python benchmarks/study_scale.py --quick          # smoke run, ~2 min
-    .venv/bin/python benchmarks/study_scale.py                  # the table's rows (make bench-scale)
+    .venv/bin/python benchmarks/study_scale.py                  # the table's rows
     .venv/bin/python benchmarks/study_scale.py --tune 16 --feed --sizes   # one part only
     .venv/bin/python benchmarks/study_scale.py --plot-from benchmarks/results/a.json b.json   # one figure of several runs
 """
