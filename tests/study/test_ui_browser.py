@@ -49,6 +49,7 @@ def write_study(folder: Path) -> str:
                 "name": STUDY,
                 "tracking": {"uri": uri},
                 "model": {"name": "mlp", "hidden": 16, "depth": 1},
+                "penalty": {"kind": "fisher"},
                 "search": {
                     "space": {"train.lr": {"loguniform": [0.01, 0.1]}, "penalty.coef": {"loguniform": [1e-4, 0.1]}}
                 },
@@ -59,7 +60,7 @@ def write_study(folder: Path) -> str:
     tracking = MlflowTracking(uri, exp, parent)
     t0 = int(time.time() * 1000) - 600_000
     for trial_id, lr, coef, accuracy in TRIALS:
-        config = {**TrialConfig().flat(), "train.lr": lr, "penalty.coef": coef}
+        config = {**TrialConfig().flat(), "penalty.kind": "fisher", "train.lr": lr, "penalty.coef": coef}
         trial: Any = SimpleNamespace(
             trial_id=trial_id,
             config=config,
