@@ -91,14 +91,10 @@ def fisher_vs_accuracy(table: pd.DataFrame, report: dict) -> Figure:
         strict=True,
     ):
         c = used[LR].astype(float) if LR in used else None
-        points = ax.scatter(
-            used[measure],
-            used[names.FINAL_TEST_ACCURACY],
-            c=c,
-            cmap="viridis",
-            norm=LogNorm() if c is not None and len(c) and c.min() > 0 else None,
-            s=22,
+        colour = (
+            {"c": c, "cmap": "viridis", "norm": LogNorm() if len(c) and c.min() > 0 else None} if c is not None else {}
         )
+        points = ax.scatter(used[measure], used[names.FINAL_TEST_ACCURACY], s=22, **colour)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(_log_label))
         ax.xaxis.set_minor_formatter(FuncFormatter(_log_label))

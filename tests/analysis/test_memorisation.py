@@ -77,6 +77,7 @@ def test_the_figure_draws_both_groups_of_every_trial_per_configuration() -> None
     assert len(trace.collections) == 4  # the ±stderr bands
 
 
+@pytest.mark.filterwarnings("error:No data for colormapping")  # a study without lr searched: no colour, no warning
 def test_analyze_draws_it_only_for_a_study_with_label_noise(tmp_path: Path) -> None:
     for noisy in (True, False):
         uri = f"sqlite:///{tmp_path / f'{noisy}.db'}"
