@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
