@@ -16,6 +16,7 @@ import yaml
 
 from study.exit_codes import Outcome
 from study.store import StudyStore
+from trainables.schema import ConfigError
 
 CURVE_COLUMNS = ["trial", "run_id", "metric", "step", "value"]
 
@@ -44,15 +45,17 @@ def run(
     ``tracking_uri`` and ``address`` follow the CLI's precedence (argument > environment > spec)."""
     from study import cli
 
+    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)):
+        raise ConfigError(f"num_samples: expected an integer, got {num_samples!r}")
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(spec) if not isinstance(spec, Mapping) else Path(scratch) / "spec.yaml"
         if isinstance(spec, Mapping):
-            path.write_text(yaml.safe_dump(dict(spec), sort_keys=False))
-        argv = ["run", str(path), "--storage", os.fspath(storage)]
+            path.write_text(yaml.safe_dump(_plain(spec), sort_keys=False))
+        argv = ["run", "--storage", os.fspath(storage)]
         for flag, value in (("--tracking-uri", tracking_uri), ("--num-samples", num_samples), ("--address", address)):
             if value is not None:
                 argv += [flag, str(value)]
-        args = cli.parse_command(argv)
+        args = _parsed(cli, [*argv, "--", str(path)])  # "--": a spec path may start with "-"
         outcome = cli.run_outcome(args)
     return RunResult(outcome, _trials(StudyStore(storage, args.name), tracking_uri))
 
@@ -95,11 +98,33 @@ def analyze(
     epsilon: float | None = None,
     smooth_epochs: float = 1.0,
 ) -> dict[str, Any]:
-    """``fishtune analyze``: writes the report to ``out`` (default reports/<study>/) and returns it."""
-    from analysis.report import analyze as run_analysis
+    """``fishtune analyze``: writes the report to ``out`` (default reports/<study>/) and returns it,
+    with the CLI's checks and its record of the primary test on the study's parent run."""
+    from study import cli
 
-    uri = _uri(StudyStore(storage, name), tracking_uri)
-    return run_analysis(uri, name, Path(out) if out is not None else Path("reports") / name, epsilon, smooth_epochs)
+    argv = ["analyze", "--storage", os.fspath(storage), "--smooth-epochs", repr(float(smooth_epochs))]
+    for flag, value in (("--tracking-uri", tracking_uri), ("--out", out), ("--epsilon", epsilon)):
+        if value is not None:
+            argv += [flag, os.fspath(value) if isinstance(value, (str, Path)) else repr(float(value))]
+    report, _ = cli.analyze_report(_parsed(cli, [*argv, "--", name]))
+    return report
+
+
+def _parsed(cli: Any, argv: list[str]) -> Any:
+    """The CLI's parse of ``argv``; argparse's exit on a value it refuses becomes a ConfigError."""
+    try:
+        return cli.parse_command(argv)
+    except SystemExit:
+        raise ConfigError(f"fishtune {argv[0]}: arguments refused: {' '.join(argv[1:])}") from None
+
+
+def _plain(value: Any) -> Any:
+    """A spec mapping with NumPy scalars and tuples (``np.logspace`` grids) as YAML's plain types."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if hasattr(value, "item") and callable(value.item) else value
 
 
 def _uri(store: StudyStore, tracking_uri: str | None) -> str:

@@ -168,13 +168,30 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    report, out = analyze_report(args)
+    print(
+        f"study {args.name}: {report['n_trials']} trials, {report['n_used']} completed, excluded {report['excluded']}"
+    )
+    if "message" in report:
+        print(report["message"])
+    else:
+        from analysis.markdown import headline
+
+        print(headline(report))
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def analyze_report(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    """``fishtune analyze`` without its printing (the Python API's too): the checks, the report
+    written to its folder (returned with it) and the primary test recorded on the parent run."""
     if args.epsilon is not None and not args.epsilon > 0:
         raise ConfigError(f"--epsilon: must be > 0, got {args.epsilon}")
     if not args.smooth_epochs > 0:
         raise ConfigError(f"--smooth-epochs: must be > 0, got {args.smooth_epochs}")
     uri = _tracking_uri(args, None if args.tracking_uri else args.name)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per trial otherwise
-    from analysis.markdown import headline, primary_line
+    from analysis.markdown import primary_line
     from analysis.mlflow_reader import StudyNotFound
     from analysis.report import analyze
     from study.mlflow_summary import write_primary
@@ -185,15 +202,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     except (StudyNotFound, LookupError) as exc:
         raise ConfigError(str(exc)) from None
     write_primary(uri, args.name, report["primary"], primary_line(report))
-    print(
-        f"study {args.name}: {report['n_trials']} trials, {report['n_used']} completed, excluded {report['excluded']}"
-    )
-    if "message" in report:
-        print(report["message"])
-    else:
-        print(headline(report))
-    print(f"report: {out / 'report.md'}")
-    return 0
+    return report, out
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

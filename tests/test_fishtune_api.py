@@ -38,3 +38,42 @@ def test_a_shadow_imported_first_is_named(tmp_path: Path) -> None:
     done = shadowed(tmp_path, "import analysis\nimport fishtune\n")
     assert done.returncode == 1
     assert f"a module 'analysis' from {tmp_path / 'analysis'} was imported before fishtune" in done.stderr
+
+
+def test_analyze_makes_the_clis_checks_and_raises_config_errors(tmp_path: Path) -> None:
+    """It skipped them: epsilon -1 gave a report, a mistyped store was created, an unknown study
+    raised a LookupError rather than the ValueError the README promises."""
+    import pytest
+    from mlflow.tracking import MlflowClient
+
+    import fishtune
+    from trainables.schema import ConfigError
+
+    store = tmp_path / "mlflow.db"
+    MlflowClient(f"sqlite:///{store}").search_experiments()  # an MLflow store with no study
+    with pytest.raises(ConfigError, match=r"^--epsilon: must be > 0"):
+        fishtune.analyze("s", tracking_uri=f"sqlite:///{store}", epsilon=-1.0)
+    with pytest.raises(ConfigError, match=r"^--smooth-epochs: must be > 0"):
+        fishtune.analyze("s", tracking_uri=f"sqlite:///{store}", smooth_epochs=0.0)
+    with pytest.raises(ConfigError, match=r"no MLflow database at"):
+        fishtune.analyze("s", tracking_uri=f"sqlite:///{tmp_path / 'typo.db'}")
+    assert not (tmp_path / "typo.db").exists()
+    with pytest.raises(ConfigError, match=r"study 's'"):
+        fishtune.analyze("s", tracking_uri=f"sqlite:///{store}", out=tmp_path / "r")
+
+
+def test_run_refuses_a_bad_argument_with_a_config_error_not_an_exit(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    import pytest
+
+    import fishtune
+    from fishtune.api import _plain
+    from trainables.schema import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^num_samples: expected an integer"):
+        fishtune.run(tmp_path / "x.yaml", num_samples="x")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"cannot read the study spec"):
+        monkeypatch.chdir(tmp_path)
+        fishtune.run("-x.yaml")  # a relative path argparse took for a flag
+    grid = {"search": {"space": {"train.lr": {"grid": list(np.logspace(-3, -1, 3))}}}, "seeds": (np.int64(1),)}
+    assert _plain(grid) == {"search": {"space": {"train.lr": {"grid": [0.001, 0.01, 0.1]}}}, "seeds": [1]}
