@@ -60,8 +60,9 @@ def study_arms(table: pd.DataFrame, searched: list[str], params: dict[str, str])
         tried = _tried(every) if COEF in group else pd.DataFrame()
         runs = group
         if not tried.empty:
-            ranked = tried.assign(lost_any=tried["lost"] > 0)
-            best = ranked.sort_values(["lost_any", "val_mean", COEF], ascending=[True, False, True]).iloc[0]
+            # rounded: the same accuracies summed in another seed order differ in the last bit
+            ranked = tried.assign(lost_any=tried["lost"] > 0, val_rank=tried["val_mean"].round(9))
+            best = ranked.sort_values(["lost_any", "val_rank", COEF], ascending=[True, False, True]).iloc[0]
             coef, runs = float(best[COEF]), group[group[COEF] == best[COEF]]
         label = f"{KINDS.get(kind, kind)}, lr {lr:g}"
         arms.append(Arm(label, kind, lr, coef if kind != "none" else None, tried, runs))
@@ -115,8 +116,8 @@ def arms_table(arms: list[Arm]) -> list[dict[str, Any]]:
 def comparisons(arms: list[Arm]) -> list[dict[str, Any]]:
     """Every penalised arm against every unpenalised one, and each pair of unpenalised arms
     (larger lr first): the difference of mean final test accuracy in points, its Welch 95 %
-    interval and p, Holm-adjusted over the table, and the ratio of mean Tr(F) peaks with the
-    interval of the ratio of their geometric means."""
+    interval and p, Holm-adjusted over the table, and the ratio of their geometric-mean Tr(F)
+    peaks with its interval."""
     plain = sorted((a for a in arms if not a.penalised), key=lambda a: -a.lr)
     pairs = [(p, b) for p in arms if p.penalised for b in plain]
     pairs += [(a, b) for i, a in enumerate(plain) for b in plain[i + 1 :]]
@@ -133,9 +134,7 @@ def _welch(a: Arm, b: Arm) -> dict[str, Any]:
     row: dict[str, Any] = {"a": a.label, "b": b.label, "n_a": len(x), "n_b": len(y), "p": None, "p_holm": None}
     row["difference_points"] = 100 * (x.mean() - y.mean()) if len(x) and len(y) else None
     row["ci95_points"] = None
-    peaks = a.runs[PEAK].astype(float).mean(), b.runs[PEAK].astype(float).mean()
-    row["peak_ratio"] = _finite(peaks[0] / peaks[1]) if peaks[1] else None
-    row["peak_ratio_ci95"] = _log_ratio_interval(a.runs[PEAK], b.runs[PEAK])
+    row["peak_ratio"], row["peak_ratio_ci95"] = _peak_ratio(a.runs[PEAK], b.runs[PEAK])
     if min(len(x), len(y)) < 2:
         row["note"] = "fewer than two seeds in an arm"
     elif np.ptp(x) == 0 or np.ptp(y) == 0:
@@ -147,15 +146,19 @@ def _welch(a: Arm, b: Arm) -> dict[str, Any]:
     return row
 
 
-def _log_ratio_interval(a: pd.Series, b: pd.Series) -> list[float] | None:
-    """95 % Welch interval of the ratio of geometric mean Tr(F) peaks (exp of the interval of
-    the difference of mean log peaks): how far apart two arms' peaks can be, given their seeds.
-    None with fewer than two positive peaks in an arm or no spread."""
+def _peak_ratio(a: pd.Series, b: pd.Series) -> tuple[float | None, list[float] | None]:
+    """The ratio of the arms' geometric-mean Tr(F) peaks and its 95 % Welch interval (exp of the
+    difference of mean log peaks and of its interval): how far apart two arms' peaks can be,
+    given their seeds. The interval is None with fewer than two positive peaks in an arm or no
+    spread; the ratio None where an arm has no positive peak."""
     x, y = (np.log(v[v > 0]) for v in (a.astype(float).dropna(), b.astype(float).dropna()))
+    if not len(x) or not len(y):
+        return None, None
+    ratio = math.exp(float(x.mean() - y.mean()))
     if min(len(x), len(y)) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return None
+        return ratio, None
     low, high = stats.ttest_ind(x, y, equal_var=False).confidence_interval(0.95)
-    return [math.exp(float(low)), math.exp(float(high))]
+    return ratio, [math.exp(float(low)), math.exp(float(high))]
 
 
 def _t_interval(values: np.ndarray) -> list[float] | None:

@@ -62,6 +62,12 @@ def measurement_warning(differences: dict[str, dict[str, str]]) -> str | None:
 
 
 def compare(tracking_uri: str, studies: list[str], out: Path) -> dict[str, Any]:
+    """Raises :class:`TooFewArms` where the studies cannot give a comparison: a study named twice
+    (its arms would count twice in Holm's adjustment), fewer than two arms, or no unpenalised arm
+    to compare against."""
+    twice = sorted({name for name in studies if studies.count(name) > 1})
+    if twice:
+        raise TooFewArms(f"study {twice[0]!r} is named twice; name each study once")
     client = MlflowClient(tracking_uri)
     arms: list[Arm] = []
     params: dict[str, dict[str, str]] = {}
@@ -72,6 +78,10 @@ def compare(tracking_uri: str, studies: list[str], out: Path) -> dict[str, Any]:
         arms += study_arms(table, study.searched, study.params) if not table.empty else []
     if len(arms) < 2:
         raise TooFewArms(f"studies {', '.join(studies)}: {len(arms)} arm(s) with completed trials; compare needs two")
+    if all(arm.penalised for arm in arms):
+        raise TooFewArms(
+            f"studies {', '.join(studies)}: no arm without a penalty to compare against; add the baseline study"
+        )
     result = {
         "studies": studies,
         "arms": arms_table(arms),

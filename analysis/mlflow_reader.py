@@ -58,7 +58,8 @@ def load_study(client: MlflowClient, name: str) -> StudyData:
     if not parents:
         raise StudyNotFound(f"study {name!r}: the experiment has no fishtune parent run")
     parent = parents[0]
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`fishtune.role` = 'trial'", max_results=50_000)
+    children = f"tags.`fishtune.role` = 'trial' and tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    runs = client.search_runs([exp.experiment_id], filter_string=children, max_results=50_000)
     rows, curves = [], {}
     for run in runs:
         row: dict[str, object] = {
@@ -82,7 +83,9 @@ def _curves(client: MlflowClient, run_id: str, artifact_uri: str) -> dict[str, p
     path = _curves_file(client, run_id, artifact_uri)
     if path is not None:
         frame = pd.read_parquet(path).set_index("step")
-        return {name: frame[name].dropna() for name in CURVES if name in frame}
+        # every curve, as the metric-history path gives them: the driver writes only curves with
+        # points, and a trial that ended inside its first epoch has no epoch-end ones
+        return {name: frame[name].dropna() if name in frame else pd.Series(dtype=float) for name in CURVES}
     out = {}
     for name in CURVES:
         history = client.get_metric_history(run_id, name)

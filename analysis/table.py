@@ -135,9 +135,13 @@ def trials_table(study: StudyData, epsilon: float, epoch_k: float, window: float
                 mismatched.append(name)
         row["mismatch"] = ",".join(mismatched)
         rows.append(row)
+    if not rows:  # a study with no trial yet: the columns, no rows
+        reads = _reads({}, epsilon, window)
+        columns = ["trial_id", "outcome", "configuration", *study.searched, "seed", *reads]
+        columns += [f"fisher_at_epoch_{epoch_k:g}", *names.SUMMARY_METRICS[:3], "mismatch"]
+        return pd.DataFrame(columns=columns)
     table = pd.DataFrame(rows)
-    if not table.empty:
-        table.insert(2, "configuration", configuration_ids(table, configuration_keys(study.searched)))
+    table.insert(2, "configuration", configuration_ids(table, configuration_keys(study.searched)))
     return table
 
 

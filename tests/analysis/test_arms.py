@@ -138,3 +138,15 @@ def test_the_peak_ratio_has_a_welch_interval_on_log_peaks() -> None:
     low, high = stats.ttest_ind(peaks_a, peaks_b, equal_var=False).confidence_interval(0.95)
     assert row["peak_ratio_ci95"] == pytest.approx([np.exp(low), np.exp(high)])
     assert row["peak_ratio_ci95"][0] < row["peak_ratio"] < row["peak_ratio_ci95"][1]
+    assert row["peak_ratio"] == pytest.approx(np.exp(peaks_a.mean() - peaks_b.mean()))  # the interval's estimand
+
+
+def test_a_tie_on_validation_survives_the_order_of_float_sums() -> None:
+    """The same three accuracies summed in another seed order differ in the last bit."""
+    table = penalty_study({0.01: (0.8, 0.8), 0.1: (0.8, 0.9)})
+    table.loc[table["penalty.coef"] == 0.01, names.FINAL_VAL_ACCURACY] = [0.1, 0.2, 0.3]
+    table.loc[table["penalty.coef"] == 0.1, names.FINAL_VAL_ACCURACY] = [0.3, 0.2, 0.1]
+    means = table.groupby("penalty.coef")[names.FINAL_VAL_ACCURACY].mean()
+    assert means[0.01] != means[0.1]  # 0.2 and 0.20000000000000004
+    (arm,) = study_arms(table, ["penalty.coef", "train.seed"], PARAMS)
+    assert arm.coef == 0.01

@@ -11,6 +11,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from analysis import names
+from analysis.compare import TooFewArms, compare
 from study.cli import main
 
 STEPS = (0, 10, 20, 30, 40)
@@ -123,3 +124,9 @@ def test_compare_refuses_an_unknown_study_and_a_single_arm(
     assert len(err) == 1 and "study 'nope'" in err[0]
     assert main(["compare", "fp", "--name", "x", "--tracking-uri", store, "--out", str(tmp_path)]) == 2
     assert "compare needs two" in capsys.readouterr().err
+
+
+def test_a_study_named_twice_is_refused(tmp_path: Path) -> None:
+    """Its arms counted twice, in the table and in Holm's adjustment (p 0.070 became 0.141)."""
+    with pytest.raises(TooFewArms, match="'fp' is named twice"):
+        compare(f"sqlite:///{tmp_path / 'm.db'}", ["fp", "base", "fp"], tmp_path / "out")

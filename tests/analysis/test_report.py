@@ -189,7 +189,13 @@ def test_fewer_than_three_usable_trials_gives_a_message_and_no_numbers(tmp_path:
     parent = client.create_run(exp, tags={"fishtune.role": "study", "fishtune.searched": "train.lr"})
     client.log_param(parent.info.run_id, "fisher.epsilon", "0.5")
     run = client.create_run(
-        exp, tags={"fishtune.role": "trial", "fishtune.trial_id": "a", "fishtune.outcome": "completed"}
+        exp,
+        tags={
+            "fishtune.role": "trial",
+            "fishtune.trial_id": "a",
+            "fishtune.outcome": "completed",
+            "mlflow.parentRunId": parent.info.run_id,
+        },
     )
     client.log_param(run.info.run_id, "train.lr", "0.1")
     report = analyze(uri, "tiny", tmp_path / "out")
