@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import LogFormatter
 
 from analysis import names
 from analysis.table import COEF, LR
@@ -84,35 +84,33 @@ def fisher_vs_accuracy(table: pd.DataFrame, report: dict) -> Figure:
     """Early Tr(F) and Fisher peak against final test accuracy, completed trials only."""
     used = table[table["outcome"] == names.COMPLETED]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=100, sharey=True, layout="constrained")
+    lrs = used[LR].astype(float) if LR in used else pd.Series(dtype=float)
+    positive = lrs[np.isfinite(lrs) & (lrs > 0)]
+    # one scale for both panels and the bar, from every completed trial's lr (a panel drops the
+    # trials without its read); none where the lr does not vary
+    norm = LogNorm(positive.min(), positive.max()) if positive.nunique() > 1 else None
+    colour = {"c": lrs, "cmap": "viridis", "norm": norm} if norm is not None else {}
     for ax, measure, label in zip(
         axes,
         (names.EARLY_FISHER_TRACE, names.FISHER_PEAK),
         ("early Tr(F) (smoothed, ε crossing)", "Tr(F) peak (smoothed, after epoch 1)"),
         strict=True,
     ):
-        c = used[LR].astype(float) if LR in used else None
-        colour = (
-            {"c": c, "cmap": "viridis", "norm": LogNorm() if len(c) and c.min() > 0 else None} if c is not None else {}
-        )
         points = ax.scatter(used[measure], used[names.FINAL_TEST_ACCURACY], s=22, **colour)
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(_log_label))
-        ax.xaxis.set_minor_formatter(FuncFormatter(_log_label))
+        # plain numbers; the minor ticks labelled too where the axis spans under two decades
+        # (Tr(F) reads often lie within one, e.g. 120–180, where decade labels alone show none)
+        ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
         ax.set_xlabel(label)
         block = report["correlations"].get(measure, {})
         rho = block.get("spearman", {}).get("r")
         size = f"{block.get('n_configurations', 0)} configurations, {block.get('n', 0)} trials"
         ax.set_title(f"Spearman ρ = {rho:.2f} ({size})" if rho is not None else size, fontsize=9)
     axes[0].set_ylabel("final test accuracy")
-    if LR in used and len(used):
+    if norm is not None:
         fig.colorbar(points, ax=axes, label="learning rate")
     return fig
-
-
-def _log_label(value: float, _: int) -> str:
-    """Plain numbers at 1, 2 and 5 × 10^k on a log axis; other minor ticks unlabelled."""
-    mantissa = round(value / 10 ** np.floor(np.log10(value)), 6) if value > 0 else 0
-    return f"{value:g}" if mantissa in (1, 2, 5) else ""
 
 
 def accuracy_heatmap(table: pd.DataFrame) -> Figure:
