@@ -89,6 +89,16 @@ def ensure_decoded(archive: Archive, cache_dir: str) -> None:
         fetch_arrays(archive, cache_dir)
 
 
+def require_absolute(cache_dir: str) -> None:
+    """Refuse a relative ``data.cache_dir``: every trial runs in a working directory of its own,
+    so each would download or generate the data set again into its own."""
+    if not (cache_dir.startswith("~") or os.path.isabs(cache_dir)):
+        raise ConfigError(
+            f"data.cache_dir: must be an absolute path or start with ~ (trials run in their own "
+            f"working directories), got {cache_dir!r}"
+        )
+
+
 def check_cache_dir(archive: Archive, cache_dir: str, *, dataset: str) -> None:
     """Refuse a ``data.cache_dir`` that cannot receive ``archive`` (without writing); ``dataset``
     names the data set in the message.
@@ -96,11 +106,7 @@ def check_cache_dir(archive: Archive, cache_dir: str, *, dataset: str) -> None:
     A folder that already holds the decoded cache or the archive may be read-only (a cache
     prepared for a cluster); otherwise the folder, or its nearest existing parent, must be
     writable. Relative paths are refused: every trial runs in a working directory of its own."""
-    if not (cache_dir.startswith("~") or os.path.isabs(cache_dir)):
-        raise ConfigError(
-            f"data.cache_dir: must be an absolute path or start with ~ (trials run in their own "
-            f"working directories), got {cache_dir!r}"
-        )
+    require_absolute(cache_dir)
     root = cache_root(cache_dir)
     ready = (_decoded_path(archive, root), root / archive.filename)
     if any(p.is_file() and os.access(p, os.R_OK) for p in ready):

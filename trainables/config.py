@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import torch
 
-from trainables.data import DATASETS, Splits, check_cache_dir, dataset_info
+from trainables.data import DATASETS, Splits, check_cache_dir, dataset_info, split_sizes
 from trainables.data import load as load_splits
 from trainables.fisher_config import FisherConfig
 from trainables.models import build_model, model_entry
@@ -45,6 +45,12 @@ class DataConfig:
         if self.train_size is not None:
             require(self.train_size >= 1, "data.train_size", "an integer ≥ 1", self.train_size)
         require(0 < self.val_fraction < 1, "data.val_fraction", "in (0, 1)", self.val_fraction)
+        n_train, n_val = split_sizes(info.pool, self.val_fraction, None)
+        why = f"small enough to leave training examples ({self.name} splits {info.pool} into training and validation)"
+        require(n_train >= 1, "data.val_fraction", why, self.val_fraction)
+        if self.train_size is not None:
+            why = f"at most {n_train} ({self.name}'s {info.pool} examples less {n_val} for validation)"
+            require(self.train_size <= n_train, "data.train_size", why, self.train_size)
         require(0 <= self.label_noise < 1, "data.label_noise", "in [0, 1)", self.label_noise)
         offered = sorted(n for n, d in DATASETS.items() if d.augment)
         why = f"false for {self.name} (the random crop and flip are offered for {', '.join(offered)} only)"

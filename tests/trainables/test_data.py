@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.config import DataConfig, TrialConfig
-from trainables.data import augment, ensure_available, load
+from trainables.data import augment, dataset_info, ensure_available, load
 from trainables.loop import train
 from trainables.schema import ConfigError
 
@@ -140,3 +140,25 @@ def test_the_train_loop_augments_training_batches_only_and_reproducibly(tiny10: 
     assert run[0][0].curves["fisher_trace"][0] == run[2][0].curves["fisher_trace"][0]  # same un-augmented probe
     resumed = list(train(cfg, torch.device("cpu"), run[0][0].state))
     assert resumed[0].metrics == run[0][1].metrics and resumed[0].curves == run[0][1].curves
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist1d"])
+def test_the_pool_each_data_set_declares_is_the_one_its_loader_gives(name: str, tmp_path: Path) -> None:
+    info = dataset_info(name)
+    assert len(info.loader(info, str(tmp_path)).y) == info.pool
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"train_size": 5000}, r"^data\.train_size: must be at most 1294 \(digits's 1438 examples less 144"),
+        ({"val_fraction": 0.9999}, r"^data\.val_fraction: must be small enough to leave training examples"),
+        ({"name": "mnist1d", "cache_dir": "rel/cache"}, r"^data\.cache_dir: must be an absolute path"),
+    ],
+)
+def test_sizes_the_split_cannot_give_and_relative_caches_are_refused(data: dict, message: str) -> None:
+    """train_size 5000 on digits was capped to 1294 without a word (a grid of sizes gave identical
+    configurations); val_fraction 0.9999 left no training example and NaN inputs; MNIST-1D was
+    generated again into every trial's own working directory."""
+    with pytest.raises(ConfigError, match=message):
+        DataConfig(**data)
