@@ -62,6 +62,7 @@ class Archive:
     train_members: tuple[str, ...]
     test_member: str
     label_key: bytes
+    num_classes: int
 
 
 def fetch_arrays(archive: Archive, cache_dir: str) -> dict[str, np.ndarray]:
@@ -69,9 +70,14 @@ def fetch_arrays(archive: Archive, cache_dir: str) -> dict[str, np.ndarray]:
     verified archive (downloaded if absent), then cached."""
     root = cache_root(cache_dir)
     decoded = _decoded_path(archive, root)
-    if decoded.is_file():
-        return _read_decoded(decoded)
     path = root / archive.filename
+    if decoded.is_file():
+        try:
+            return read_cache(decoded, np.uint8, (3, 32, 32), "decode the archive again", archive.num_classes)
+        except DataUnavailable as exc:
+            if not path.is_file():
+                raise
+            logger.warning("%s; decoding the verified archive beside it again", exc)
     if not path.is_file():
         _download(archive, path)
     with open(path, "rb") as f:  # one handle: the bytes verified are the bytes decoded
@@ -274,6 +280,8 @@ def write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
     try:
         with os.fdopen(fd, "wb") as out:
             np.savez(out, **{k: arrays[k] for k in _DECODED_KEYS}, allow_pickle=False)
+            out.flush()
+            os.fsync(out.fileno())  # on disk before the rename: a node crash leaves no empty cache
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError as exc:  # e.g. a full disk: the arrays in memory are still good
@@ -283,10 +291,11 @@ def write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
             os.unlink(tmp)
 
 
-def read_cache(path: Path, dtype: type, shape: tuple[int, ...], again: str) -> dict[str, np.ndarray]:
+def read_cache(path: Path, dtype: type, shape: tuple[int, ...], again: str, num_classes: int) -> dict[str, np.ndarray]:
     """The arrays :func:`write_cache` stored at ``path``, checked to be inputs of ``dtype`` and
-    per-example ``shape`` with one label each; else :class:`DataUnavailable` naming the file and
-    what deleting it does (``again``, e.g. "decode the archive again")."""
+    per-example ``shape`` with one label in [0, ``num_classes``) each, and a training split that is
+    not empty; else :class:`DataUnavailable` naming the file and what deleting it does (``again``,
+    e.g. "decode the archive again")."""
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in _DECODED_KEYS}
@@ -296,8 +305,8 @@ def read_cache(path: Path, dtype: type, shape: tuple[int, ...], again: str) -> d
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
         if x.dtype != dtype or x.shape[1:] != shape or y.shape != (len(x),):
             raise DataUnavailable(f"{path} holds unexpected arrays; delete it to {again}")
+        if len(y) and not (y.min() >= 0 and y.max() < num_classes):
+            raise DataUnavailable(f"{path} holds labels outside 0–{num_classes - 1}; delete it to {again}")
+    if not len(arrays["train_y"]):
+        raise DataUnavailable(f"{path} holds no training example; delete it to {again}")
     return arrays
-
-
-def _read_decoded(path: Path) -> dict[str, np.ndarray]:
-    return read_cache(path, np.uint8, (3, 32, 32), "decode the archive again")

@@ -104,6 +104,7 @@ CIFAR10_ARCHIVE = Archive(
     train_members=tuple(f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)),
     test_member="cifar-10-batches-py/test_batch",
     label_key=b"labels",
+    num_classes=10,
 )
 CIFAR100_ARCHIVE = Archive(
     url=_TORONTO + "cifar-100-python.tar.gz",
@@ -114,6 +115,7 @@ CIFAR100_ARCHIVE = Archive(
     train_members=("cifar-100-python/train",),
     test_member="cifar-100-python/test",
     label_key=b"fine_labels",  # 100 classes; the 20 coarse super-classes are not used
+    num_classes=100,
 )
 
 DATASETS: dict[str, DatasetInfo] = {

@@ -19,13 +19,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trainables.archives import cache_root, read_cache, write_cache
+from trainables.archives import DataUnavailable, cache_root, read_cache, write_cache
+
+logger = logging.getLogger(__name__)
+NUM_CLASSES = 10
 
 SIGNAL_LENGTH = 40
 GENERATOR: dict[str, Any] = {  # mnist1d.data.get_dataset_args() of mnist1d 0.0.2, without its download URL
@@ -49,7 +53,10 @@ def arrays(cache_dir: str) -> dict[str, np.ndarray]:
     else generated (a few seconds) and cached."""
     path = cache_path(cache_dir)
     if path.is_file():
-        return read_cache(path, np.float32, (1, SIGNAL_LENGTH), "generate MNIST-1D again")
+        try:
+            return read_cache(path, np.float32, (1, SIGNAL_LENGTH), "generate MNIST-1D again", NUM_CLASSES)
+        except DataUnavailable as exc:  # generated here and deterministic: generate it again
+            logger.warning("%s; generating it again", exc)
     generated = generate(GENERATOR)
     with contextlib.suppress(OSError):  # an unwritable folder: write_cache says so and moves on
         path.parent.mkdir(parents=True, exist_ok=True)

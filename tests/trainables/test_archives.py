@@ -205,6 +205,26 @@ def test_the_decoded_cache_is_read_without_pickle_or_the_archive(
         assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
 
 
+def test_a_damaged_cache_beside_its_archive_is_decoded_again_and_without_it_refused(
+    tiny10: TinyArchive, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache with labels out of range (or unreadable) is not trusted; the verified archive beside
+    it rebuilds it, and without the archive it is one sentence naming the file."""
+    cache = placed(tiny10, tmp_path / "cache").parent
+    first = cifar_splits("cifar10", cache)
+    (decoded,) = cache.glob("cifar-10-python.*.npz")
+    with np.load(decoded) as z:
+        arrays = dict(z)
+    arrays["train_y"] = arrays["train_y"] + 50  # labels 50–59 in a 10-class data set
+    np.savez(decoded, **arrays)
+    again = cifar_splits("cifar10", cache)
+    assert torch.equal(again.train_y, first.train_y) and "labels outside 0–9" in caplog.text
+    np.savez(decoded, **arrays)
+    (cache / "cifar-10-python.tar.gz").unlink()
+    with pytest.raises(DataUnavailable, match=r"holds labels outside 0–9; delete it to decode the archive again"):
+        cifar_splits("cifar10", cache)
+
+
 def test_cache_dir_must_be_able_to_receive_the_download(
     tiny10: TinyArchive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

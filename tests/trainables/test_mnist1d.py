@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,6 @@ import pytest
 import torch
 
 from trainables import mnist1d
-from trainables.archives import DataUnavailable
 from trainables.config import DataConfig
 from trainables.data import load
 
@@ -62,10 +62,13 @@ def test_an_unwritable_cache_still_gives_the_data(tmp_path: Path, caplog: pytest
     assert "cannot cache the data set" in caplog.text
 
 
-def test_a_damaged_cache_is_one_sentence_naming_the_file(tmp_path: Path) -> None:
-    mnist1d.cache_path(str(tmp_path)).write_bytes(b"not an npz")
-    with pytest.raises(DataUnavailable, match=r"mnist1d\.[0-9a-f]{16}\.npz cannot be read .*delete it"):
-        mnist1d.arrays(str(tmp_path))
+def test_a_damaged_cache_is_generated_again_and_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """It was a hard error asking the user to delete the file, though the data are generated here."""
+    path = mnist1d.cache_path(str(tmp_path))
+    path.write_bytes(b"not an npz")
+    assert mnist1d.arrays(str(tmp_path))["train_x"].shape == (4000, 1, 40)
+    assert re.search(r"mnist1d\.[0-9a-f]{16}\.npz cannot be read .*generating it again", caplog.text)
+    assert mnist1d.arrays(str(tmp_path))["train_y"].max() < 10 and path.stat().st_size > 100_000
 
 
 def test_splits_the_test_set_fixed_and_the_validation_set_by_seed(cache: str) -> None:
