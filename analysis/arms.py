@@ -28,6 +28,7 @@ from analysis.table import COEF, LR
 
 KINDS = {"none": "no penalty", "fisher": "FP", "gp": "GP", "gpx": "GPx", "gpr": "GPr", "vcl": "VCL"}
 PEAK = names.FISHER_PEAK
+KIND = "penalty.kind"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +47,13 @@ class Arm:
 
 def study_arms(table: pd.DataFrame, searched: list[str], params: dict[str, str]) -> list[Arm]:
     """The arms of one study's trials table: statistics over completed trials, the choice of
-    coefficient also over the lost ones (a learning rate with none completed has no arm)."""
-    kind = params.get("penalty.kind", "none")
+    coefficient also over the lost ones (a configuration with none completed has no arm).
+
+    The penalty kind is the configuration's where the study searched it, else the study's; an
+    arm's label names its kind, its lr and any other searched value, so that no two arms of a
+    study share one."""
     keys = [k for k in configuration_keys(searched) if k != COEF]
+    others = [k for k in keys if k not in (LR, KIND)]
     groups = table.groupby(keys, dropna=False) if keys else [((), table)]
     arms = []
     for _, every in groups:
@@ -56,6 +61,7 @@ def study_arms(table: pd.DataFrame, searched: list[str], params: dict[str, str])
         if group.empty:
             continue
         lr = float(group[LR].iloc[0]) if LR in group else float(params[LR])
+        kind = str(group[KIND].iloc[0]) if KIND in group else params.get(KIND, "none")
         coef = float(params.get(COEF, 0.0))
         tried = _tried(every) if COEF in group else pd.DataFrame()
         runs = group
@@ -64,7 +70,7 @@ def study_arms(table: pd.DataFrame, searched: list[str], params: dict[str, str])
             ranked = tried.assign(lost_any=tried["lost"] > 0, val_rank=tried["val_mean"].round(9))
             best = ranked.sort_values(["lost_any", "val_rank", COEF], ascending=[True, False, True]).iloc[0]
             coef, runs = float(best[COEF]), group[group[COEF] == best[COEF]]
-        label = f"{KINDS.get(kind, kind)}, lr {lr:g}"
+        label = ", ".join([f"{KINDS.get(kind, kind)}, lr {lr:g}", *(f"{k} {group[k].iloc[0]}" for k in others)])
         arms.append(Arm(label, kind, lr, coef if kind != "none" else None, tried, runs))
     return arms
 

@@ -78,6 +78,10 @@ def compare(tracking_uri: str, studies: list[str], out: Path) -> dict[str, Any]:
         arms += study_arms(table, study.searched, study.params) if not table.empty else []
     if len(arms) < 2:
         raise TooFewArms(f"studies {', '.join(studies)}: {len(arms)} arm(s) with completed trials; compare needs two")
+    labels = [arm.label for arm in arms]
+    same = sorted({label for label in labels if labels.count(label) > 1})
+    if same:
+        raise TooFewArms(f"studies {', '.join(studies)}: two arms are both {same[0]!r}; compare studies that differ")
     if all(arm.penalised for arm in arms):
         raise TooFewArms(
             f"studies {', '.join(studies)}: no arm without a penalty to compare against; add the baseline study"

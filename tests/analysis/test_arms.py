@@ -10,6 +10,7 @@ from scipy import stats
 from analysis import names
 from analysis.arms import arms_table, comparisons, study_arms
 from analysis.inference import holm
+from analysis.table import LR
 
 COLUMNS = (names.FINAL_VAL_ACCURACY, names.FINAL_TEST_ACCURACY, names.BEST_TEST_ACCURACY, names.FISHER_PEAK)
 
@@ -150,3 +151,22 @@ def test_a_tie_on_validation_survives_the_order_of_float_sums() -> None:
     assert means[0.01] != means[0.1]  # 0.2 and 0.20000000000000004
     (arm,) = study_arms(table, ["penalty.coef", "train.seed"], PARAMS)
     assert arm.coef == 0.01
+
+
+def test_arms_take_their_kind_and_other_searched_values_from_their_configuration() -> None:
+    """Every configuration was labelled 'kind, lr' with the study's kind: a baseline that searched
+    weight decay gave two 'no penalty, lr 0.04' arms, and a searched penalty.kind made its 'none'
+    configuration a penalised 'FP' arm."""
+    wd = trials([(wd, s, 0.9, 0.9, 100.0) for wd in (0.0, 1e-4) for s in (0, 1)]).rename(
+        columns={"key": "train.weight_decay"}
+    )
+    arms = study_arms(wd, ["train.weight_decay", "train.seed"], {"penalty.kind": "none", LR: "0.04"})
+    assert [a.label for a in arms] == [
+        "no penalty, lr 0.04, train.weight_decay 0.0",
+        "no penalty, lr 0.04, train.weight_decay 0.0001",
+    ]
+    kinds = trials([(k, s, 0.9, 0.9, 100.0) for k in ("none", "fisher") for s in (0, 1)]).rename(
+        columns={"key": "penalty.kind"}
+    )
+    arms = study_arms(kinds, ["penalty.kind", "train.seed"], {"penalty.kind": "fisher", LR: "0.04"})
+    assert {a.label: a.penalised for a in arms} == {"no penalty, lr 0.04": False, "FP, lr 0.04": True}
