@@ -40,40 +40,39 @@ def test_a_shadow_imported_first_is_named(tmp_path: Path) -> None:
     assert f"a module 'analysis' from {tmp_path / 'analysis'} was imported before fishtune" in done.stderr
 
 
-def test_analyze_makes_the_clis_checks_and_raises_config_errors(tmp_path: Path) -> None:
-    """It skipped them: epsilon -1 gave a report, a mistyped store was created, an unknown study
-    raised a LookupError rather than the ValueError the README promises."""
-    import pytest
-    from mlflow.tracking import MlflowClient
+API_CHECKS = """
+import numpy as np, pytest
+from mlflow.tracking import MlflowClient
+import fishtune
+from fishtune.api import _plain
+from trainables.schema import ConfigError
 
-    import fishtune
-    from trainables.schema import ConfigError
+# analyze skipped the CLI's checks: epsilon -1 gave a report, a mistyped store was created, an
+# unknown study raised a LookupError rather than the ValueError the README promises
+MlflowClient("sqlite:///mlflow.db").search_experiments()  # an MLflow store with no study
+with pytest.raises(ConfigError, match=r"^--epsilon: must be > 0"):
+    fishtune.analyze("s", tracking_uri="sqlite:///mlflow.db", epsilon=-1.0)
+with pytest.raises(ConfigError, match=r"^--smooth-epochs: must be > 0"):
+    fishtune.analyze("s", tracking_uri="sqlite:///mlflow.db", smooth_epochs=0.0)
+with pytest.raises(ConfigError, match=r"no MLflow database at"):
+    fishtune.analyze("s", tracking_uri="sqlite:///typo.db")
+import os; assert not os.path.exists("typo.db")
+with pytest.raises(ConfigError, match=r"study 's'"):
+    fishtune.analyze("s", tracking_uri="sqlite:///mlflow.db", out="r")
 
-    store = tmp_path / "mlflow.db"
-    MlflowClient(f"sqlite:///{store}").search_experiments()  # an MLflow store with no study
-    with pytest.raises(ConfigError, match=r"^--epsilon: must be > 0"):
-        fishtune.analyze("s", tracking_uri=f"sqlite:///{store}", epsilon=-1.0)
-    with pytest.raises(ConfigError, match=r"^--smooth-epochs: must be > 0"):
-        fishtune.analyze("s", tracking_uri=f"sqlite:///{store}", smooth_epochs=0.0)
-    with pytest.raises(ConfigError, match=r"no MLflow database at"):
-        fishtune.analyze("s", tracking_uri=f"sqlite:///{tmp_path / 'typo.db'}")
-    assert not (tmp_path / "typo.db").exists()
-    with pytest.raises(ConfigError, match=r"study 's'"):
-        fishtune.analyze("s", tracking_uri=f"sqlite:///{store}", out=tmp_path / "r")
+# run turned a bad argument into argparse's SystemExit, NumPy scalars into a YAML error
+with pytest.raises(ConfigError, match=r"^num_samples: expected an integer"):
+    fishtune.run("x.yaml", num_samples="x")
+with pytest.raises(ConfigError, match=r"cannot read the study spec"):
+    fishtune.run("-x.yaml")  # a relative path argparse took for a flag
+grid = {"search": {"space": {"train.lr": {"grid": list(np.logspace(-3, -1, 3))}}}, "seeds": (np.int64(1),)}
+assert _plain(grid) == {"search": {"space": {"train.lr": {"grid": [0.001, 0.01, 0.1]}}}, "seeds": [1]}
+print("ok")
+"""
 
 
-def test_run_refuses_a_bad_argument_with_a_config_error_not_an_exit(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import numpy as np
-    import pytest
-
-    import fishtune
-    from fishtune.api import _plain
-    from trainables.schema import ConfigError
-
-    with pytest.raises(ConfigError, match=r"^num_samples: expected an integer"):
-        fishtune.run(tmp_path / "x.yaml", num_samples="x")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match=r"cannot read the study spec"):
-        monkeypatch.chdir(tmp_path)
-        fishtune.run("-x.yaml")  # a relative path argparse took for a flag
-    grid = {"search": {"space": {"train.lr": {"grid": list(np.logspace(-3, -1, 3))}}}, "seeds": (np.int64(1),)}
-    assert _plain(grid) == {"search": {"space": {"train.lr": {"grid": [0.001, 0.01, 0.1]}}}, "seeds": [1]}
+def test_the_api_makes_the_clis_checks_and_raises_config_errors(tmp_path: Path) -> None:
+    """In a fresh interpreter in an empty folder, as a notebook calls it (the test suite's own
+    ``tests/trainables`` package would shadow fishtune's in this process)."""
+    done = subprocess.run([sys.executable, "-c", API_CHECKS], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
