@@ -37,6 +37,7 @@ RAW = (names.EARLY_FISHER_TRACE, names.FISHER_PEAK, names.FISHER_PEAK_STEP)  # s
 EARLY_LAMBDA_MAX, LAMBDA_MAX_PEAK = "early_lambda_max", "lambda_max_peak"
 LAMBDA_MAX_LR_PEAK, OUTLIER_SHARE_AT_PEAK = "lambda_max_lr_peak", "outlier_share_at_peak"
 EMPTY = pd.Series(dtype=float)
+ACCURACIES = (names.FINAL_TEST_ACCURACY, names.BEST_TEST_ACCURACY, names.FINAL_VAL_ACCURACY)  # from the run's summary
 # Under label noise: the last epoch's train accuracy on the noisy and on the clean examples.
 FINAL_NOISY, FINAL_CLEAN = f"final_{names.TRAIN_ACCURACY_NOISY}", f"final_{names.TRAIN_ACCURACY_CLEAN}"
 
@@ -122,7 +123,7 @@ def trials_table(study: StudyData, epsilon: float, epoch_k: float, window: float
         row.update(_reads(curves, epsilon, window))
         fisher, epoch = curves.get(names.FISHER_TRACE, EMPTY), curves.get(names.EPOCH, EMPTY)
         row[f"fisher_at_epoch_{epoch_k:g}"] = fisher_at_epoch(fisher, epoch, epoch_k)
-        for name in (names.FINAL_TEST_ACCURACY, names.BEST_TEST_ACCURACY, names.FINAL_VAL_ACCURACY):
+        for name in ACCURACIES:
             row[name] = run.get(f"metrics.{name}", math.nan)
         for column, name in ((FINAL_NOISY, names.TRAIN_ACCURACY_NOISY), (FINAL_CLEAN, names.TRAIN_ACCURACY_CLEAN)):
             if len(curve := curves.get(name, EMPTY).dropna()):
@@ -138,7 +139,7 @@ def trials_table(study: StudyData, epsilon: float, epoch_k: float, window: float
     if not rows:  # a study with no trial yet: the columns, no rows
         reads = _reads({}, epsilon, window)
         columns = ["trial_id", "outcome", "configuration", *study.searched, "seed", *reads]
-        columns += [f"fisher_at_epoch_{epoch_k:g}", *names.SUMMARY_METRICS[:3], "mismatch"]
+        columns += [f"fisher_at_epoch_{epoch_k:g}", *ACCURACIES, "mismatch"]
         return pd.DataFrame(columns=columns)
     table = pd.DataFrame(rows)
     table.insert(2, "configuration", configuration_ids(table, configuration_keys(study.searched)))

@@ -128,7 +128,7 @@ DATASETS: dict[str, DatasetInfo] = {
     # 30 epochs) it was crossed at epoch 3 (lr 0.05) and 5–6 (lr 0.01), after Tr(F)'s first rise,
     # and never at lr 0.2, which stalled near 25 % accuracy.
     "mnist1d": DatasetInfo(
-        _load_mnist1d, (1, mnist1d.SIGNAL_LENGTH), 10, default_epsilon=1.2, pool=4000, generated=True
+        _load_mnist1d, (1, mnist1d.SIGNAL_LENGTH), mnist1d.NUM_CLASSES, default_epsilon=1.2, pool=4000, generated=True
     ),
     # ε from the paper (Section 3): 1.2 on CIFAR-10, 3.5 on CIFAR-100.
     "cifar10": DatasetInfo(_load_cifar, (3, 32, 32), 10, 1.2, pool=50_000, archive=CIFAR10_ARCHIVE, augment=True),

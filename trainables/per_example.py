@@ -216,25 +216,22 @@ def find_layers_not_batch_first(model: nn.Module, inputs: torch.Tensor, hooked: 
     """
     if model in _BATCH_CHECKED or len(inputs) < 2:
         return
-    sizes: dict[nn.Module, set[tuple[int, int, int]]] = {}
+    dims: dict[nn.Module, tuple[int, int]] = {}  # layer → dim 0 of its input and output, this forward
 
     def record(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         a = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        dims = (a.shape[0] if a is not None and a.dim() else -1, out.shape[0] if out.dim() else -1)
-        sizes.setdefault(module, set()).add((batch, *dims))
+        dims[module] = (a.shape[0] if a is not None and a.dim() else -1, out.shape[0] if out.dim() else -1)
 
-    layers = [m for m in model.modules() if hooked(m)]
-    handles = [m.register_forward_hook(record) for m in layers]
+    handles = [m.register_forward_hook(record) for m in model.modules() if hooked(m)]
     try:
         with torch.no_grad(), eval_mode(model):
-            for batch in (1, 2):
-                model(inputs[:batch])
+            for size in (1, 2):
+                dims.clear()
+                model(inputs[:size])
+                _NOT_BATCH_FIRST.update(m for m, seen in dims.items() if seen != (size, size))
     finally:
         for handle in handles:
             handle.remove()
-    for module, seen in sizes.items():
-        if any(a != batch or out != batch for batch, a, out in seen):
-            _NOT_BATCH_FIRST.add(module)
     _BATCH_CHECKED.add(model)
 
 
